@@ -1,4 +1,4 @@
-"""Shifted test sets (CIFAR-10-C, Fashion-MNIST-C): find, load and batch them.
+"""Shifted test sets (CIFAR-10-C, Fashion-MNIST-C): find and load them.
 
 Two on-disk layouts are read, and told apart from the file names:
 
@@ -13,6 +13,7 @@ Two on-disk layouts are read, and told apart from the file names:
   labels.
 
 MNIST-format data (28x28 grey, `[N, 28, 28]` or `[N, 28, 28, 1]`) works in both layouts.
+Batch the loaded images with `swag.data.array_loader(s.images, s.labels, preset, ...)`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from swag.errors import UserError
 
@@ -185,49 +185,3 @@ def _load_hendrycks(root: Path, corruptions: Sequence[str] | None) -> Iterator[S
             block = slice((severity - 1) * n, severity * n)
             labels = all_labels if len(all_labels) == n else all_labels[block]
             yield ShiftedSet(p.stem, severity, images[block], labels)
-
-
-class ImageArrayLoader:
-    """Batches of normalised images from a uint8 array, for evaluation (no augmentation).
-
-    The images stay uint8 on `device` (4x less memory than float, which matters for the
-    95 CIFAR-10-C sets scored in one pass) and are normalised one batch at a time.
-
-    Yields `(x float32 [B, C, H, W], y long [B])` on `device`; `len()` is the number of
-    batches and `.num_examples` the number of images.
-    """
-
-    def __init__(
-        self,
-        images: np.ndarray,
-        labels: np.ndarray,
-        mean: Sequence[float],
-        std: Sequence[float],
-        batch_size: int = 1000,
-        device: str | torch.device = "cpu",
-    ) -> None:
-        images = np.ascontiguousarray(images)
-        if images.ndim == 3:
-            images = images[..., None]
-        if images.shape[-1] != len(mean):
-            raise UserError(
-                f"images have {images.shape[-1]} channels but the model's preset has "
-                f"{len(mean)}; pass the shifted version of --dataset"
-            )
-        self.images = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).contiguous()
-        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
-        shape = (1, len(mean), 1, 1)
-        self.scale = (1.0 / (255.0 * torch.tensor(std, device=device))).view(shape)
-        self.shift = (torch.tensor(mean, device=device) / torch.tensor(std, device=device)).view(
-            shape
-        )
-        self.batch_size = int(batch_size)
-        self.num_examples = len(self.labels)
-
-    def __len__(self) -> int:
-        return -(-self.num_examples // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, self.num_examples, self.batch_size):
-            x = self.images[start : start + self.batch_size].float()
-            yield x * self.scale - self.shift, self.labels[start : start + self.batch_size]

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torchvision.transforms import functional as TF
 
 from swag.errors import UserError
-from swag.shift import ImageArrayLoader, detect_layout, load_shifted
+from swag.shift import detect_layout, load_shifted
 
 N = 4  # images per severity
 
@@ -111,17 +109,3 @@ def test_bad_files_name_the_fix(tmp_path):
     np.savez(tmp_path / "fog_1.npz", data=np.zeros((2, 8, 8, 3), np.uint8), labels=np.zeros(3))
     with pytest.raises(UserError, match="integer"):
         load_shifted(tmp_path)
-
-
-def test_image_array_loader_matches_torchvision_normalisation():
-    rng = np.random.default_rng(3)
-    images, labels = _images(rng, 7), rng.integers(0, 10, 7)
-    mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-    loader = ImageArrayLoader(images, labels, mean, std, batch_size=3)
-    xs, ys = zip(*loader, strict=True)
-    assert len(loader) == len(xs) == 3 and loader.num_examples == 7
-    expected = torch.stack([TF.normalize(TF.to_tensor(im), mean, std) for im in images])
-    torch.testing.assert_close(torch.cat(xs), expected, rtol=0, atol=1e-6)
-    assert torch.equal(torch.cat(ys), torch.as_tensor(labels))
-    with pytest.raises(UserError, match="channels"):
-        ImageArrayLoader(images[..., 0], labels, mean, std)
