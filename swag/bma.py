@@ -1,0 +1,463 @@
+"""Bayesian model averaging for MultiSWAG, MultiSWA and deep ensembles (Wilson & Izmailov 2020).
+
+All three methods approximate the Bayesian model average (paper eq. 1)
+
+    p(y | x, D) ≈ 1/(M·S) Σ_{m=1..M} Σ_{s=1..S} p(y | x, w_{m,s}),
+
+a uniform average of softmax probabilities over M independently trained members and S weight
+samples from each member's posterior (UPSTREAM.md §2.6.6):
+
+* MultiSWAG: w_{m,s} ~ SWAG_m (scale 0.5 by default), S = 20 in the paper;
+* MultiSWA: w_m = θ_SWA of member m (S = 1);
+* deep ensembles: w_m = the member's final SGD weights (S = 1, no BatchNorm update).
+
+Every method is a `Posterior` (`sample(generator)` writes weights into `.model`), and one
+function, `bayesian_model_average`, draws every sample once, updates BatchNorm once per sample
+and scores the clean and every shifted test set in that pass. Curves over the number of
+members m = 1..M ("NLL vs number of independently trained models") come from the per-member
+averages it returns, or from its float16 per-sample cache, without any network.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from swag import metrics
+from swag.calibration import fit_temperature, probs_to_logits, scale_logits
+from swag.errors import UserError
+from swag.posteriors import SWAG
+from swag.training import load_checkpoint, load_model_state, predict, update_bn
+
+METHODS = ("multiswag", "multiswa", "ensemble")
+METRICS = ("nll", "accuracy", "ece", "brier")
+
+
+@runtime_checkable
+class Posterior(Protocol):
+    """A distribution over the weights of `.model` that can be sampled into it.
+
+    Attributes:
+        model: the network that `sample` writes weights into.
+        needs_bn_update: BatchNorm statistics must be recomputed after each `sample` (true for
+            weights that never saw data in train mode: SWA means and SWAG samples).
+    """
+
+    model: nn.Module
+    needs_bn_update: bool
+
+    def sample(self, generator: torch.Generator) -> None:
+        """Write one weight sample into `.model`."""
+
+
+class SWAGPosterior:
+    """MultiSWAG member: θ̃ = θ_SWA + √scale·(Σ_diag^{1/2} z₁ + D z₂/√(K−1)).
+
+    `scale` is posterior tempering of the SWAG covariance (0.5 in the paper), not the
+    calibration temperature of `swag.calibration`.
+    """
+
+    needs_bn_update = True
+
+    def __init__(self, swag: SWAG, scale: float = 0.5, cov: bool = True, legacy_variance=False):
+        self.swag, self.scale, self.cov, self.legacy_variance = swag, scale, cov, legacy_variance
+        self.model = swag.base_model
+
+    def sample(self, generator: torch.Generator) -> None:
+        self.swag.sample(self.scale, self.cov, generator, legacy_variance=self.legacy_variance)
+
+
+class SWAPosterior:
+    """MultiSWA member: the point mass at θ_SWA (deterministic; BN is still updated)."""
+
+    needs_bn_update = True
+
+    def __init__(self, swag: SWAG):
+        self.swag, self.model = swag, swag.base_model
+
+    def sample(self, generator: torch.Generator) -> None:
+        self.swag.set_swa()
+
+
+class CheckpointPosterior:
+    """Deep-ensemble member: the point mass at fixed trained weights, BN statistics included."""
+
+    needs_bn_update = False
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def sample(self, generator: torch.Generator) -> None:
+        """Nothing to draw: the weights are already in `.model`."""
+
+
+def load_member(
+    method: str,
+    path: str | Path,
+    model: nn.Module,
+    scale: float = 0.5,
+    legacy_variance: bool = False,
+) -> Posterior:
+    """Load one member from a checkpoint into a fresh `model` (already on its device).
+
+    `multiswag` / `multiswa` read a `swag-<epoch>.pt` (this project's, or the original
+    repository's) into a new `SWAG`, so nothing derived from another checkpoint survives (the
+    original reused the first checkpoint's deviation matrix, UPSTREAM.md §1.2). `ensemble` reads
+    the SGD weights of a `checkpoint-<epoch>.pt`.
+    """
+    if method not in METHODS:
+        raise UserError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    device = next(model.parameters()).device
+    state = load_checkpoint(path, map_location=device)
+    weights = state.get("state_dict", state)
+    is_swag = "mean" in weights
+    if method == "ensemble":
+        if is_swag:
+            raise UserError(
+                f"{path} is a SWAG checkpoint; --method ensemble takes the final SGD "
+                "checkpoint-<epoch>.pt of each run"
+            )
+        load_model_state(model, weights, str(path))
+        return CheckpointPosterior(model)
+    if not is_swag:
+        raise UserError(
+            f"{path} holds no SWAG moments; --method {method} takes the swag-<epoch>.pt of each "
+            "run trained with --swag"
+        )
+    if "sq_mean" in weights:  # the original repository's format
+        swag = SWAG.load_upstream(weights, model)
+    else:
+        swag = SWAG(model)
+        try:
+            swag.load_state_dict(weights)
+        except RuntimeError as error:
+            raise UserError(
+                f"{path} was saved from a different model or number of classes; pass the "
+                "--model and --dataset the checkpoint was trained with"
+            ) from error
+    if method == "multiswa":
+        return SWAPosterior(swag)
+    return SWAGPosterior(swag, scale=scale, legacy_variance=legacy_variance)
+
+
+class CheckpointMembers:
+    """The M members of an ensemble, each loaded only when the evaluation reaches it.
+
+    Holding one member at a time keeps memory at one SWAG state ((3+K)·D floats; 1.4 GB for
+    VGG16 with K = 20) instead of M.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        method: str,
+        build_model: Callable[[], nn.Module],
+        scale: float = 0.5,
+        legacy_variance: bool = False,
+    ):
+        if not paths:
+            raise UserError("no checkpoints given; pass one file per member with --swag_ckpts")
+        self.paths, self.method, self.build_model = list(paths), method, build_model
+        self.scale, self.legacy_variance = scale, legacy_variance
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self):
+        for path in self.paths:
+            model = self.build_model()
+            yield load_member(self.method, path, model, self.scale, self.legacy_variance)
+
+
+@dataclass
+class BMAResult:
+    """Output of `bayesian_model_average`.
+
+    Attributes:
+        member_probs: test set name -> float32 [M, N, C], the average over the S samples of
+            each member (member m's own S-sample model average).
+        targets: test set name -> int64 [N].
+        seconds: wall-clock time per phase ("sample", "bn_update", "predict"), summed.
+    """
+
+    member_probs: dict[str, np.ndarray]
+    targets: dict[str, np.ndarray]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def curves(self) -> dict[str, list[dict[str, float]]]:
+        """Metrics of every prefix ensemble, per test set (see `prefix_metrics`)."""
+        return {
+            name: prefix_metrics(probs, self.targets[name])
+            for name, probs in self.member_probs.items()
+        }
+
+
+def _member_seed(seed: int, member: int) -> int:
+    # Member m's draws depend only on (seed, m), so curves for m ≤ M' agree across runs with
+    # different numbers of members.
+    return int(seed) * 1_000_003 + int(member)
+
+
+def bayesian_model_average(
+    members: Iterable[Posterior],
+    test_sets: Mapping[str, Iterable],
+    num_samples: int,
+    device: torch.device | str,
+    bn_loader: Iterable | None = None,
+    bn_subset: int | None = None,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> BMAResult:
+    """Draw S samples from each of M members and score every test set with each sample.
+
+    Per sample: one `posterior.sample`, at most one BatchNorm update (over `bn_loader`, or a
+    fixed random subset of `bn_subset` of its examples), then one prediction pass per test set.
+    So k shifted test sets cost k prediction passes but a single BN update per sample.
+
+    Args:
+        members: M posteriors (e.g. a `CheckpointMembers`), visited once, in order.
+        test_sets: name -> loader of `(x, y)` batches (test mode, fixed order); "clean" first
+            by convention.
+        num_samples: S, weight samples per member (1 for MultiSWA and deep ensembles).
+        device: where the networks run.
+        bn_loader: training loader for the BN update (augmented and shuffled, as upstream).
+            Required when a member needs a BN update and its model has BatchNorm layers.
+        bn_subset: number of training examples for the BN update (default: all of them).
+        seed: seeds SWAG draws (per member) and the BN subset.
+        cache_dir: if set, also write float16 per-sample probabilities
+            `<cache_dir>/<name>.npy` [M, S, N, C] and `<cache_dir>/targets.npz`.
+        log: called with one progress line per sample.
+
+    Returns:
+        A `BMAResult`; `result.curves()` gives the metrics for m = 1..M.
+    """
+    if num_samples < 1:
+        raise UserError(f"--swag_samples must be at least 1, got {num_samples}")
+    if not test_sets:
+        raise UserError("no test set to score; pass a dataset (and optionally --corrupted_path)")
+    num_members = len(members) if hasattr(members, "__len__") else None
+    device = torch.device(device)
+    sums: dict[str, list[np.ndarray]] = {name: [] for name in test_sets}
+    targets: dict[str, np.ndarray] = {}
+    cache = _ProbabilityCache(cache_dir, num_members, num_samples) if cache_dir else None
+    seconds = {"sample": 0.0, "bn_update": 0.0, "predict": 0.0}
+    first = next(iter(test_sets))
+    for m, posterior in enumerate(members):
+        generator = torch.Generator(_posterior_device(posterior)).manual_seed(_member_seed(seed, m))
+        member_sum = {}
+        for s in range(num_samples):
+            start = time.perf_counter()
+            posterior.sample(generator)
+            seconds["sample"] += time.perf_counter() - start
+            if posterior.needs_bn_update:
+                start = time.perf_counter()
+                _update_bn(posterior.model, bn_loader, bn_subset, seed, m * num_samples + s, device)
+                seconds["bn_update"] += time.perf_counter() - start
+            start = time.perf_counter()
+            for name, loader in test_sets.items():
+                probs, labels = predict(loader, posterior.model, device)
+                targets.setdefault(name, labels.numpy())
+                member_sum[name] = member_sum.get(name, 0.0) + probs.double()
+                if cache is not None:
+                    cache.write(name, m, s, probs)
+                if log is not None and name == first:
+                    log(
+                        f"member {m + 1} sample {s + 1}/{num_samples}: {name} NLL of this sample "
+                        f"{metrics.nll(probs, labels):.4f}, of member {m + 1} so far "
+                        f"{metrics.nll(member_sum[name] / (s + 1), labels):.4f}"
+                    )
+            seconds["predict"] += time.perf_counter() - start
+        for name in test_sets:
+            sums[name].append((member_sum[name] / num_samples).float().numpy())
+    if not any(sums.values()):
+        raise UserError("no members to evaluate; pass at least one checkpoint")
+    member_probs = {name: np.stack(per_member) for name, per_member in sums.items()}
+    if cache is not None:
+        cache.finish(targets)
+    return BMAResult(member_probs, targets, seconds)
+
+
+def _posterior_device(posterior: Posterior) -> torch.device:
+    swag = getattr(posterior, "swag", None)  # SWAG draws on the device of its moments
+    return (swag.mean if swag is not None else next(posterior.model.parameters())).device
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _update_bn(model, bn_loader, bn_subset, seed, draw, device) -> None:
+    if not _has_batchnorm(model):
+        return
+    if bn_loader is None:
+        raise UserError("this model has BatchNorm layers: pass the training loader for BN updates")
+    if hasattr(bn_loader, "set_epoch"):  # fresh, reproducible augmentation for every draw
+        bn_loader.set_epoch(draw)
+    generator = torch.Generator().manual_seed(int(seed))  # the same subset for every draw
+    update_bn(bn_loader, model, device, subset=bn_subset, generator=generator)
+
+
+def prefix_metrics(member_probs, targets) -> list[dict[str, float]]:
+    """Metrics of the ensembles of the first m members, m = 1..M.
+
+    The prefix ensemble is p_m(y|x) = (1/m) Σ_{j≤m} p̄_j(y|x), with p̄_j member j's average
+    over its own samples (all members have the same S, so this is the uniform average over
+    the m·S samples).
+
+    Args:
+        member_probs: [M, N, C] per-member probabilities (or [M, S, N, C] per sample, averaged
+            over S first).
+        targets: [N] class indices.
+
+    Returns:
+        M dicts {"num_models": m, "nll" (mean over examples), "accuracy" (fraction), "ece",
+        "brier"}.
+    """
+    probs = np.asarray(member_probs)
+    if probs.ndim == 4:
+        probs = probs.astype(np.float64).mean(axis=1)
+    targets = np.asarray(targets)
+    running = np.zeros(probs.shape[1:], dtype=np.float64)
+    rows = []
+    for m in range(probs.shape[0]):
+        running += probs[m]
+        rows.append({"num_models": m + 1, **_score(running / (m + 1), targets)})
+    return rows
+
+
+def _score(probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    return {name: getattr(metrics, name)(probs, targets) for name in METRICS}
+
+
+def temperature_scaled_curves(
+    member_probs: Mapping[str, np.ndarray],
+    targets: Mapping[str, np.ndarray],
+    fit_set: str = "clean",
+    seed: int = 0,
+) -> tuple[list[float], dict[str, list[dict]], dict[str, list[dict]]]:
+    """Prefix curves before and after calibration temperature scaling of each prefix BMA.
+
+    For every m, T_m is fitted (`swag.calibration.fit_temperature` on log p_m) on a fixed
+    random half of `fit_set`; the other half is reported as `<fit_set>_heldout`, and every
+    other test set is reported whole. Shifted sets made from the same clean images share
+    images with the fitting half, so their "after" numbers are slightly optimistic.
+
+    Returns:
+        (temperatures [M], before, after): curves keyed by test set, as `prefix_metrics`.
+    """
+    clean_probs, clean_targets = np.asarray(member_probs[fit_set]), np.asarray(targets[fit_set])
+    if len(clean_targets) < 2:
+        raise UserError(f"temperature scaling needs at least 2 examples in {fit_set}")
+    order = np.random.default_rng(seed).permutation(len(clean_targets))
+    fit, held = order[: len(order) // 2], order[len(order) // 2 :]
+    sets = {f"{fit_set}_heldout": (clean_probs[:, held], clean_targets[held])}
+    sets.update({k: (member_probs[k], targets[k]) for k in member_probs if k != fit_set})
+    running_fit = np.zeros(clean_probs.shape[1:], np.float64)[fit]
+    running = {k: np.zeros(p.shape[1:], np.float64) for k, (p, _) in sets.items()}
+    temperatures, before, after = [], {k: [] for k in sets}, {k: [] for k in sets}
+    for m in range(clean_probs.shape[0]):
+        running_fit += clean_probs[m, fit]
+        t = fit_temperature(probs_to_logits(running_fit / (m + 1)), clean_targets[fit])
+        temperatures.append(t)
+        for k, (p, y) in sets.items():
+            running[k] += p[m]
+            averaged = running[k] / (m + 1)
+            scaled = scale_logits(probs_to_logits(averaged), t).numpy()
+            before[k].append({"num_models": m + 1, **_score(averaged, y)})
+            after[k].append({"num_models": m + 1, "temperature": t, **_score(scaled, y)})
+    return temperatures, before, after
+
+
+class _ProbabilityCache:
+    """float16 per-sample probabilities: one `.npy` [M, S, N, C] per test set, renamed when done."""
+
+    def __init__(self, directory, num_members, num_samples):
+        if num_members is None:
+            raise UserError("a probability cache needs members with a length (a list)")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.shape, self.arrays = (num_members, num_samples), {}
+
+    def write(self, name: str, member: int, sample: int, probs: torch.Tensor) -> None:
+        if name not in self.arrays:
+            path = self.directory / f".{name}.npy.tmp"
+            self.arrays[name] = np.lib.format.open_memmap(
+                path, mode="w+", dtype=np.float16, shape=(*self.shape, *probs.shape)
+            )
+        self.arrays[name][member, sample] = probs.numpy().astype(np.float16)
+
+    def finish(self, targets: Mapping[str, np.ndarray]) -> None:
+        for array in self.arrays.values():
+            array.flush()
+        names, self.arrays = list(self.arrays), {}
+        for name in names:
+            os.replace(self.directory / f".{name}.npy.tmp", self.directory / f"{name}.npy")
+        buffer = io.BytesIO()
+        np.savez(buffer, **targets)
+        atomic_write_bytes(self.directory / "targets.npz", buffer.getvalue())
+
+
+def load_probability_cache(directory: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a cache written with `cache_dir`: (name -> float16 [M, S, N, C] memmap, targets)."""
+    directory = Path(directory)
+    if not (directory / "targets.npz").is_file():
+        raise UserError(f"{directory} is not a complete probability cache (no targets.npz)")
+    with np.load(directory / "targets.npz") as f:
+        targets = {name: f[name] for name in f.files}
+    probs = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in targets}
+    return probs, targets
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to a temporary file next to `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def curve_rows(curves: Mapping[str, list[dict]], **columns) -> list[dict]:
+    """Flatten {test set: [prefix metrics]} into CSV rows with `corruption` and `severity`.
+
+    The clean set gets severity 0; `<corruption>_<s>` is split at its last underscore.
+    """
+    rows = []
+    for name, per_prefix in curves.items():
+        corruption, _, severity = name.rpartition("_")
+        if not severity.isdigit():
+            corruption, severity = name, "0"
+        for entry in per_prefix:
+            row = {**columns, "test_set": name, "corruption": corruption}
+            rows.append({**row, "severity": int(severity), **entry})
+    return rows
+
+
+def write_results(directory: str | Path, stem: str, payload: dict, rows: list[dict]) -> None:
+    """Write `<stem>.json` (the payload) and `<stem>.csv` (the rows), each atomically."""
+    directory = Path(directory)
+    atomic_write_bytes(directory / f"{stem}.json", json.dumps(payload, indent=1).encode())
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(directory / f"{stem}.csv", text.getvalue().encode())
