@@ -109,13 +109,15 @@ def load_member(
     model: nn.Module,
     scale: float = 0.5,
     legacy_variance: bool = False,
+    max_num_models: int | None = None,
 ) -> Posterior:
     """Load one member from a checkpoint into a fresh `model` (already on its device).
 
     `multiswag` / `multiswa` read a `swag-<epoch>.pt` (this project's, or the original
     repository's) into a new `SWAG`, so nothing derived from another checkpoint survives (the
     original reused the first checkpoint's deviation matrix, UPSTREAM.md §1.2). `ensemble` reads
-    the SGD weights of a `checkpoint-<epoch>.pt`.
+    the SGD weights of a `checkpoint-<epoch>.pt`. `max_num_models` keeps only the most recent
+    K columns of the deviation matrix (`--max_num_models`; default: all stored).
     """
     if method not in METHODS:
         raise UserError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
@@ -147,6 +149,8 @@ def load_member(
                 f"{path} was saved from a different model or number of classes; pass the "
                 "--model and --dataset the checkpoint was trained with"
             ) from error
+    if max_num_models is not None and swag.rank > max_num_models:
+        swag.deviations = swag.deviations[swag.rank - max_num_models :]
     if method == "multiswa":
         return SWAPosterior(swag)
     return SWAGPosterior(swag, scale=scale, legacy_variance=legacy_variance)
@@ -166,11 +170,14 @@ class CheckpointMembers:
         build_model: Callable[[], nn.Module],
         scale: float = 0.5,
         legacy_variance: bool = False,
+        max_num_models: int | None = None,
     ):
         if not paths:
             raise UserError("no checkpoints given; pass one file per member with --swag_ckpts")
         self.paths, self.method, self.build_model = list(paths), method, build_model
-        self.scale, self.legacy_variance = scale, legacy_variance
+        self.options = dict(
+            scale=scale, legacy_variance=legacy_variance, max_num_models=max_num_models
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -178,7 +185,7 @@ class CheckpointMembers:
     def __iter__(self):
         for path in self.paths:
             model = self.build_model()
-            yield load_member(self.method, path, model, self.scale, self.legacy_variance)
+            yield load_member(self.method, path, model, **self.options)
 
 
 @dataclass

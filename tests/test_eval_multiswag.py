@@ -1,0 +1,158 @@
+"""eval_multiswag.py and run_multiswag.sh on a tiny Fashion-MNIST written as real idx files."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from swag import models
+from swag.errors import UserError
+from swag.metrics import accuracy, nll
+from swag.training import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+N_TRAIN, N_TEST = 64, 40
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(
+        name, ROOT / "experiments" / "train" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """MNIST idx: magic (0, 0, 0x08 = ubyte, ndim), big-endian int32 dims, then the bytes."""
+    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(
+        f">{array.ndim}i", *array.shape
+    )
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_tiny_fashion_mnist(data_path: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Class-dependent 28x28 images in <data_path>/fashionmnist/FashionMNIST/raw (idx files)."""
+    rng = np.random.default_rng(seed)
+    raw = data_path / "fashionmnist" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, n in (("train", N_TRAIN), ("t10k", N_TEST)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 60, (n, 28, 28))
+        for i, y in enumerate(labels):  # a bright bar whose row encodes the class
+            images[i, 2 + 2 * y : 4 + 2 * y] = 250
+        _write_idx(raw / f"{split}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+        out[split] = (images.astype(np.uint8), labels)
+    return out["t10k"]
+
+
+def write_tiny_shifted(path: Path, test_images, test_labels) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    for severity in (1, 2):
+        noisy = np.clip(
+            test_images + 40.0 * severity * (np.arange(784).reshape(28, 28) % 2), 0, 255
+        )
+        np.savez(path / f"stripes_{severity}.npz", data=noisy.astype(np.uint8), labels=test_labels)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two tiny LeNet5 SWAG runs trained by run_swag.py."""
+    root = tmp_path_factory.mktemp("multiswag")
+    test_images, test_labels = write_tiny_fashion_mnist(root / "data")
+    write_tiny_shifted(root / "shifted", test_images, test_labels)
+    run_swag = _script("run_swag")
+    for seed in (1, 2):
+        run_swag.main([
+            "--dir", str(root / f"swag_{seed}"), "--dataset", "FashionMNIST",
+            "--data_path", str(root / "data"), "--model", "LeNet5", "--epochs", "3",
+            "--swag", "--swag_start", "1", "--swag_lr", "0.01", "--lr_init", "0.05",
+            "--cov_mat", "--use_test", "--batch_size", "16", "--seed", str(seed),
+            "--device", "cpu", "--eval_freq", "10",
+        ])  # fmt: skip
+    return root
+
+
+def _eval(root: Path, method: str, name: str, *extra: str) -> dict:
+    ckpt = "swag-3.pt" if method != "ensemble" else "checkpoint-3.pt"
+    _script("eval_multiswag").main([
+        "--savedir", str(root / "eval"), "--method", method, "--model", "LeNet5",
+        "--dataset", "FashionMNIST", "--data_path", str(root / "data"), "--use_test",
+        "--swag_ckpts", *(str(root / f"swag_{s}" / ckpt) for s in (1, 2)),
+        "--corrupted_path", str(root / "shifted"), "--device", "cpu", "--batch_size", "16",
+        *extra,
+    ])  # fmt: skip
+    return json.loads((root / "eval" / f"{name}.json").read_text())
+
+
+def test_every_method_writes_prefix_curves_for_every_test_set(runs):
+    for method in ("multiswag", "multiswa", "ensemble"):
+        results = _eval(runs, method, method, "--swag_samples", "2")
+        assert set(results["curves"]) == {"clean", "stripes_1", "stripes_2"}
+        assert results["num_samples"] == (2 if method == "multiswag" else 1)
+        for rows in results["curves"].values():
+            assert [r["num_models"] for r in rows] == [1, 2]
+        with open(runs / "eval" / f"{method}.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 3 * 2 and {r["severity"] for r in rows} == {"0", "1", "2"}
+    assert (runs / "eval" / "eval_command.sh").is_file()
+
+
+def test_ensemble_matches_the_checkpoints_own_predictions(runs):
+    results = _eval(runs, "ensemble", "ensemble")
+    spec = models.get_model("LeNet5")
+    images, labels = write_tiny_fashion_mnist(runs / "unused")  # same seed: the same test set
+    x = (torch.as_tensor(images, dtype=torch.float32)[:, None] / 255 - 0.1307) / 0.3081
+    probs = []
+    for seed in (1, 2):
+        model = spec.build(10)
+        model.load_state_dict(
+            load_checkpoint(runs / f"swag_{seed}" / "checkpoint-3.pt")["state_dict"]
+        )
+        with torch.no_grad():
+            probs.append(model.eval()(x).softmax(1).double())
+    for m, row in enumerate(results["curves"]["clean"], start=1):
+        p = torch.stack(probs[:m]).mean(0)
+        assert row["nll"] == pytest.approx(nll(p, labels), rel=1e-5)
+        assert row["accuracy"] == pytest.approx(accuracy(p, labels))
+
+
+def test_bn_subset_cache_and_temperature_scaling(runs):
+    results = _eval(
+        runs, "multiswag", "multiswag", "--swag_samples", "2", "--bn_subset", "20",
+        "--cache_probs", "--temperature_scale", "--seed", "3",
+    )  # fmt: skip
+    scaling = results["temperature_scaling"]
+    assert len(scaling["temperature"]) == 2 and all(t > 0 for t in scaling["temperature"])
+    assert set(scaling["after"]) == {"clean_heldout", "stripes_1", "stripes_2"}
+    assert np.load(runs / "eval" / "probs_multiswag" / "clean.npy").shape == (2, 2, N_TEST, 10)
+
+
+def test_user_errors(runs, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        _script("eval_multiswag").main([
+            "--savedir", str(tmp_path), "--model", "LeNet5", "--data_path", str(runs / "data"),
+            "--swag_ckpts", str(tmp_path / "missing.pt"),
+        ])  # fmt: skip
+    with pytest.raises(UserError, match="SWAG checkpoint"):
+        _eval(runs, "ensemble", "ensemble", "--swag_ckpts", str(runs / "swag_1" / "swag-3.pt"))
+    script = ROOT / "experiments" / "train" / "eval_multiswag.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--savedir", str(tmp_path), "--model", "NoSuchNet",
+         "--data_path", str(tmp_path), "--swag_ckpts"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stderr.startswith("error:"), done.stderr
+    assert "Traceback" not in done.stderr
