@@ -1,0 +1,266 @@
+"""Train a network with SGD, and collect SWA/SWAG moments after --swag_start.
+
+The original `experiments/train/run_swag.py` with the same flags and defaults (UPSTREAM.md §1.1),
+plus --swa* aliases, --device, --loader, --download and exact resumption. Writes to --dir:
+command.sh, config.json, metrics.jsonl, checkpoint-<e>.pt, swag-<e>.pt, sgd_ens_preds.npz.
+
+    python experiments/train/run_swag.py --data_path=<DATAPATH> --epochs=300 --dataset=CIFAR10 \
+        --save_freq=300 --model=PreResNet20 --lr_init=0.1 --wd=3e-4 --swag --swag_start=161 \
+        --swag_lr=0.01 --cov_mat --use_test --dir=<DIR>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout, uninstalled
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from swag import cli, data, metrics, models, training  # noqa: E402
+from swag.errors import UserError  # noqa: E402
+from swag.posteriors import SWAG  # noqa: E402
+
+COLUMNS = [
+    "ep",
+    "lr",
+    "tr_loss",
+    "tr_acc",
+    "te_loss",
+    "te_acc",
+    "swa_te_loss",
+    "swa_te_acc",
+    "sgd_ens_nll",
+    "sgd_ens_acc",
+    "time",
+    "mem_usage",
+]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="SGD/SWA/SWAG training")
+    parser.add_argument("--dir", required=True, help="output directory")
+    cli.add_data_arguments(parser)
+    parser.add_argument(
+        "--model", required=True, help="registry name, e.g. PreResNet20, VGG16, LeNet5"
+    )
+    parser.add_argument("--resume", default=None, help="checkpoint-<e>.pt to resume from")
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--save_freq", type=int, default=25)
+    parser.add_argument("--eval_freq", type=int, default=5)
+    parser.add_argument("--lr_init", type=float, default=0.01)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--wd", type=float, default=1e-4, help="SGD weight decay (all parameters)")
+    parser.add_argument("--prior_var", type=float, default=None, help="Gaussian prior variance")
+    parser.add_argument("--swag", "--swa", dest="swag", action="store_true")
+    parser.add_argument("--swag_start", "--swa_start", dest="swag_start", type=float, default=161)
+    parser.add_argument("--swag_lr", "--swa_lr", dest="swag_lr", type=float, default=0.02)
+    parser.add_argument(
+        "--swag_c_epochs", "--swa_c_epochs", dest="swag_c_epochs", type=int, default=1
+    )
+    parser.add_argument("--cov_mat", action="store_true", help="keep the low-rank deviation matrix")
+    parser.add_argument("--max_num_models", type=int, default=20)
+    parser.add_argument("--swag_resume", default=None, help="swag-<e>.pt to resume from")
+    parser.add_argument("--loss", default="CE", help="CE (adv_CE of the original is not supported)")
+    parser.add_argument("--no_schedule", action="store_true", help="constant learning rate")
+    parser.add_argument(
+        "--save_iterates", action="store_true", help="save a checkpoint every epoch"
+    )
+    parser.add_argument("--inference", default="low_rank_gaussian")
+    parser.add_argument("--subspace", default="covariance")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for forward passes")
+    cli.add_runtime_arguments(parser)
+    args = parser.parse_args(argv)
+    validate(args)
+    return args
+
+
+def validate(args: argparse.Namespace) -> None:
+    if args.loss != "CE":
+        raise UserError(f"--loss {args.loss} is not supported; use --loss CE")
+    if args.inference != "low_rank_gaussian":
+        raise UserError(f"--inference {args.inference} is not supported; drop the flag")
+    if args.subspace != "covariance":
+        raise UserError(f"--subspace {args.subspace} is not supported; drop the flag")
+    if args.swag and not 0 < args.swag_start < args.epochs:
+        raise UserError(
+            f"--swag_start must lie strictly between 0 and --epochs ({args.epochs}); "
+            f"got {args.swag_start:g}"
+        )
+    models.get_model(args.model)
+    if args.dataset not in data.DATASETS:
+        raise UserError(
+            f"unknown --dataset {args.dataset!r}; choose one of: {', '.join(data.DATASETS)}"
+        )
+
+
+def resume(args, model, optimizer, swag_model, device) -> int:
+    """Restore training (and SWAG) state; returns the number of completed epochs."""
+    state = training.load_checkpoint(args.resume, map_location=device)
+    if "state_dict" not in state or "epoch" not in state:
+        raise UserError(f"{args.resume} is not a checkpoint-<e>.pt of run_swag.py; pass one")
+    training.load_model_state(model, state["state_dict"], args.resume)
+    if "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+    epoch = int(state["epoch"])
+    swag_path = args.swag_resume or Path(args.resume).with_name(f"swag-{epoch}.pt")
+    if swag_model is not None and (args.swag_resume or Path(swag_path).exists()):
+        swag_state = training.load_checkpoint(swag_path, map_location=device)
+        training.load_model_state(swag_model, swag_state["state_dict"], str(swag_path))
+    elif swag_model is not None and epoch > args.swag_start:
+        raise UserError(
+            f"{swag_path} is missing; pass the SWAG checkpoint of epoch {epoch} with --swag_resume"
+        )
+    return epoch
+
+
+def should_collect(args, epoch: int) -> bool:
+    """Upstream's rule: collect at the end of epochs with epoch+1 > swag_start, every c epochs."""
+    after_start = epoch + 1 - args.swag_start
+    return args.swag and after_start > 0 and after_start % args.swag_c_epochs == 0
+
+
+def setup(args: argparse.Namespace, device: torch.device) -> dict:
+    """Data, model, optimiser and (with --swag) the SWAG posterior of a run."""
+    spec = models.get_model(args.model)
+    loaders, num_classes = data.loaders(
+        args.dataset, args.data_path, args.batch_size, args.num_workers, spec.preset,
+        use_validation=not args.use_test, split_classes=args.split_classes,
+        download=args.download, label_arr=args.label_arr, loader=args.loader, device=device,
+        seed=args.seed,
+    )  # fmt: skip
+    model = spec.build(num_classes).to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=args.lr_init, momentum=args.momentum, weight_decay=args.wd
+    )
+    swag_model = None
+    if args.swag:
+        swag_base = spec.build(num_classes).to(device)
+        swag_model = SWAG(swag_base, args.max_num_models, cov_mat=args.cov_mat)
+    ensemble = metrics.RunningEnsemble(loaders["test"].num_examples, num_classes)
+    config = {"model": args.model, "num_classes": num_classes, "args": vars(args)}
+    return dict(loaders=loaders, model=model, optimizer=optimizer, swag_model=swag_model,
+                sgd_ensemble=ensemble, config=config)  # fmt: skip
+
+
+def run_epoch(args, run: dict, epoch: int, device: torch.device) -> dict:
+    """Train one epoch, collect SWAG, evaluate; returns the row of the epoch table."""
+    loaders, model, swag_model = run["loaders"], run["model"], run["swag_model"]
+    factor = training.learning_rate_factor(
+        epoch, args.epochs, args.swag, args.swag_start, args.swag_lr / args.lr_init
+    )
+    lr = args.lr_init * (1.0 if args.no_schedule else factor)
+    training.set_learning_rate(run["optimizer"], lr)
+    torch.manual_seed(args.seed * 1_000_003 + epoch)  # dropout draws, reproducible on resume
+    loaders["train"].set_epoch(epoch)
+    with tqdm(total=len(loaders["train"]), desc=f"epoch {epoch + 1}/{args.epochs}",
+              leave=False, file=sys.stderr, disable=None) as bar:  # fmt: skip
+        result = training.train_epoch(
+            loaders["train"], model, run["optimizer"], device, args.prior_var,
+            loaders["train"].num_examples, args.bf16, bar,
+        )  # fmt: skip
+    row = {"ep": epoch + 1, "lr": lr, "tr_loss": result["loss"], "tr_acc": 100 * result["accuracy"]}
+    evaluate_now = epoch == 0 or epoch % args.eval_freq == args.eval_freq - 1
+    evaluate_now = evaluate_now or epoch == args.epochs - 1
+    if evaluate_now:
+        result = training.evaluate(loaders["test"], model, device)
+        row.update(te_loss=result["loss"], te_acc=100 * result["accuracy"])
+    if should_collect(args, epoch):
+        swag_model.collect_model(model)
+        probs, targets = training.predict(loaders["test"], model, device)
+        ensemble = run["sgd_ensemble"]
+        ensemble.update(probs)
+        row.update(sgd_ens_nll=metrics.nll(ensemble.probs, targets),
+                   sgd_ens_acc=metrics.accuracy(ensemble.probs, targets))  # fmt: skip
+        if evaluate_now:
+            swag_model.set_swa()
+            training.update_bn(loaders["train"], swag_model.base_model, device)
+            result = training.evaluate(loaders["test"], swag_model.base_model, device)
+            row.update(swa_te_loss=result["loss"], swa_te_acc=100 * result["accuracy"])
+    return row
+
+
+def save(out: Path, run: dict, epoch: int) -> None:
+    """checkpoint-<e>.pt, and with SWAG swag-<e>.pt and the SGD-ensemble state, atomically."""
+    model, optimizer = run["model"], run["optimizer"]
+    training.save_checkpoint(out, epoch, state_dict=model.state_dict(),
+                             optimizer=optimizer.state_dict(), config=run["config"])  # fmt: skip
+    if run["swag_model"] is not None:
+        swag_state = run["swag_model"].state_dict()
+        training.save_checkpoint(
+            out, epoch, name="swag", state_dict=swag_state, config=run["config"]
+        )
+        training.atomic_torch_save(run["sgd_ensemble"].state_dict(), out / "sgd_ens_state.pt")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = cli.resolve_device(args.device)
+    out = Path(args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cli.record_invocation(out, args)
+    torch.manual_seed(args.seed)
+    run = setup(args, device)
+    start_epoch = 0
+    if args.resume:
+        start_epoch = resume(args, run["model"], run["optimizer"], run["swag_model"], device)
+        if (out / "sgd_ens_state.pt").exists() and args.swag:
+            run["sgd_ensemble"].load_state_dict(training.load_checkpoint(out / "sgd_ens_state.pt"))
+    else:
+        save(out, run, 0)
+    last_good = start_epoch
+    with (out / "metrics.jsonl").open("a") as log:
+        for epoch in range(start_epoch, args.epochs):
+            started = time.time()
+            try:
+                row = run_epoch(args, run, epoch, device)
+            except training.DivergenceError:
+                raise UserError(
+                    f"training diverged in epoch {epoch + 1} (the loss became NaN); "
+                    f"{out / f'checkpoint-{last_good}.pt'} is the last good state: resume from it "
+                    "with a lower --lr_init"
+                ) from None
+            if (epoch + 1) % args.save_freq == 0 or epoch == args.epochs - 1 or args.save_iterates:
+                save(out, run, epoch + 1)
+                last_good = epoch + 1
+            row.update(time=time.time() - started, mem_usage=memory_gib(device))
+            print_row(row, header=epoch == start_epoch or epoch % 40 == 0)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+    if args.swag and run["sgd_ensemble"].num_members:
+        targets = torch.cat([y.cpu() for _, y in run["loaders"]["test"]]).numpy()
+        predictions = run["sgd_ensemble"].probs.numpy()
+        save_npz(out / "sgd_ens_preds.npz", predictions=predictions, targets=targets)
+    return 0
+
+
+def memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def print_row(row: dict, header: bool) -> None:
+    values = [[row.get(column) for column in COLUMNS]]
+    table = tabulate(values, COLUMNS, tablefmt="simple", floatfmt="8.4f")
+    lines = table.split("\n")
+    tqdm.write("\n".join(lines if header else lines[2:]))
+
+
+def save_npz(path: Path, **arrays) -> None:
+    temporary = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(temporary, **arrays)
+    temporary.replace(path)
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

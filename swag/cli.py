@@ -1,0 +1,106 @@
+"""Flag groups shared by the experiment scripts (the upstream flag vocabulary), and the wrapper
+that turns a `UserError` into one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from swag.errors import UserError
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--dataset", default="CIFAR10", help="CIFAR10, CIFAR100, MNIST, FashionMNIST or SVHN"
+    )
+    group.add_argument(
+        "--data_path", required=True, metavar="PATH", help="datasets live in PATH/<dataset lower>"
+    )
+    group.add_argument(
+        "--use_test",
+        action="store_true",
+        help="evaluate on the test set (default: last 5000 training images)",
+    )
+    group.add_argument(
+        "--split_classes", type=int, default=None, help="CIFAR10 only: train on classes half 0 or 1"
+    )
+    group.add_argument("--batch_size", type=int, default=128, metavar="N")
+    group.add_argument(
+        "--num_workers", type=int, default=4, metavar="N", help="workers of --loader torchvision"
+    )
+    group.add_argument(
+        "--label_arr", default=None, metavar="PATH", help=".npy of replacement training labels"
+    )
+    group.add_argument(
+        "--download", action="store_true", help="let torchvision download the dataset"
+    )
+    group.add_argument(
+        "--loader",
+        default="fast",
+        choices=["fast", "torchvision"],
+        help="fast: device-resident tensors with batched augmentation; torchvision: DataLoader",
+    )
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("runtime")
+    group.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
+    group.add_argument("--seed", type=int, default=1, metavar="S", help="random seed (default: 1)")
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UserError(f"unknown --device {name!r}; pass cpu, cuda or cuda:<index>") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was requested but no CUDA GPU is visible; pass --device cpu")
+    return device
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w") as stream:
+        stream.write(text)
+    os.replace(temporary, path)
+
+
+def record_invocation(
+    directory: str | Path, args: argparse.Namespace, name: str = "command"
+) -> None:
+    """Write `<name>.sh` (the exact command line) and `config.json` (all flag values)."""
+    command = " ".join(shlex.quote(part) for part in [sys.executable, *sys.argv])
+    atomic_write_text(Path(directory) / f"{name}.sh", command + "\n")
+    atomic_write_text(
+        Path(directory) / "config.json", json.dumps(vars(args), indent=2, default=str) + "\n"
+    )
+
+
+def run_main(main: Callable[[list[str] | None], int | None]) -> None:
+    """Run a script's `main`, turning a `UserError` into `error: ...` and exit status 2."""
+    try:
+        status = main(None)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(
+            "interrupted: completed checkpoints are intact; resume with --resume", file=sys.stderr
+        )
+        sys.exit(130)
+    sys.exit(status or 0)

@@ -1,0 +1,33 @@
+"""Architectures of the original repository under their original registry names."""
+
+from swag.models import (  # noqa: F401  (importing a module registers its models)
+    lenet5,
+    mlp,
+    preresnet,
+    regression_net,
+    vgg,
+    wide_resnet,
+)
+from swag.models.registry import (
+    CIFAR_PRESET,
+    IMAGENET_PRESET,
+    MNIST_PRESET,
+    InputPreset,
+    ModelSpec,
+    UnknownModelError,
+    get_model,
+    list_models,
+    register_model,
+)
+
+__all__ = [
+    "CIFAR_PRESET",
+    "IMAGENET_PRESET",
+    "MNIST_PRESET",
+    "InputPreset",
+    "ModelSpec",
+    "UnknownModelError",
+    "get_model",
+    "list_models",
+    "register_model",
+]

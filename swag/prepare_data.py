@@ -1,0 +1,71 @@
+"""Lay out an offline MNIST-format dataset where torchvision looks for it.
+
+Debian's `dataset-fashion-mnist` installs the four gzip idx files under
+/usr/share/datasets/fashion-mnist. Their gzip bytes differ from the ones in torchvision's md5
+table, so torchvision would try to download unless the *uncompressed* idx files already sit in
+`<data_path>/fashionmnist/FashionMNIST/raw/`. This writes them there:
+
+    python -m swag.prepare_data --source /usr/share/datasets/fashion-mnist --data_path data
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from swag.data import dataset_root
+from swag.errors import UserError
+
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def prepare_mnist_format(source: Path, data_path: Path, dataset: str = "FashionMNIST") -> Path:
+    """Decompress `<source>/*-ubyte.gz` into `<data_path>/<dataset lower>/<dataset>/raw/`."""
+    raw = dataset_root(dataset, data_path) / dataset / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in IDX_FILES:
+        target = raw / name
+        if target.is_file():
+            continue
+        compressed, plain = source / f"{name}.gz", source / name
+        if not compressed.is_file() and not plain.is_file():
+            raise UserError(
+                f"{compressed} is missing; install Debian's dataset-fashion-mnist "
+                "(apt-get install dataset-fashion-mnist) or pass --source <folder of idx files>"
+            )
+        handle, temporary = tempfile.mkstemp(dir=raw, prefix=f".{name}.")
+        with os.fdopen(handle, "wb") as out:
+            opener = gzip.open(compressed, "rb") if compressed.is_file() else open(plain, "rb")
+            with opener as stream:
+                shutil.copyfileobj(stream, out)
+        os.replace(temporary, target)
+    return raw
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--data_path", default="data")
+    parser.add_argument("--dataset", default="FashionMNIST", choices=["FashionMNIST", "MNIST"])
+    args = parser.parse_args(argv)
+    try:
+        raw = prepare_mnist_format(Path(args.source), Path(args.data_path), args.dataset)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.dataset} ready in {raw}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
