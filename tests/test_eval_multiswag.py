@@ -156,3 +156,46 @@ def test_user_errors(runs, tmp_path):
     )  # fmt: skip
     assert done.returncode == 2 and done.stderr.startswith("error:"), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_plot_from_results_and_from_cache(runs, tmp_path):
+    from PIL import Image
+
+    _eval(runs, "multiswag", "multiswag", "--swag_samples", "2", "--cache_probs")
+    _eval(runs, "ensemble", "ensemble")
+    plot = _script("plot_multiswag")
+    sources = [str(runs / "eval" / "ensemble.json"), str(runs / "eval" / "probs_multiswag")]
+    plot.main(["--results", *sources, "--out", str(tmp_path / "fig"), "--metrics", "nll", "ece"])
+    for metric in ("nll", "ece"):
+        with Image.open(tmp_path / f"fig_{metric}.png") as image:
+            assert image.width > 200 and image.height > 200  # clean row + stripes row
+    assert plot.panels(["clean", "fog_2", "fog_1", "snow_1"], ["fog"], None) == [
+        ("clean", [(0, "clean")]),
+        ("fog", [(1, "fog_1"), (2, "fog_2")]),
+    ]
+    with pytest.raises(UserError, match="eval_multiswag"):
+        plot.main(["--results", str(tmp_path / "nothing.json"), "--out", str(tmp_path / "x")])
+
+
+def test_run_multiswag_sh_end_to_end(tmp_path):
+    """The shell driver at toy scale; CUDA_VISIBLE_DEVICES=0,1 exercises its one-run-per-GPU
+    branch while DEVICE=cpu keeps every run on the CPU."""
+    test_images, test_labels = write_tiny_fashion_mnist(tmp_path / "data")
+    write_tiny_shifted(tmp_path / "shifted", test_images, test_labels)
+    env = {
+        **os.environ, "DATASET": "FashionMNIST", "MODEL": "LeNet5", "EPOCHS": "2",
+        "SWAG_RUNS": "2", "LR": "0.05", "WD": "0", "SWAG_START": "1", "SWAG_LR": "0.01",
+        "SWAG_SAMPLES": "2", "BASEDIR": str(tmp_path / "ckpts"), "DATAPATH": str(tmp_path / "data"),
+        "CORRUPTED_PATH": str(tmp_path / "shifted"), "DEVICE": "cpu", "PYTHON": sys.executable,
+        "CUDA_VISIBLE_DEVICES": "0,1", "EXTRA_TRAIN_ARGS": "--batch_size 16",
+        "OMP_NUM_THREADS": "1",
+    }  # fmt: skip
+    script = ROOT / "experiments" / "train" / "run_multiswag.sh"
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "ckpts" / "multiswag"
+    for method in ("multiswag", "multiswa", "ensemble"):
+        results = json.loads((out / f"{method}.json").read_text())
+        assert len(results["curves"]["stripes_2"]) == 2
+    assert (out / "multiswag_nll.png").is_file() and (out / "multiswag_accuracy.png").is_file()
+    assert (tmp_path / "ckpts" / "swag_2" / "checkpoint-2.pt").is_file()
