@@ -1,0 +1,156 @@
+"""HMC against closed forms: Bayesian linear regression, Gaussian targets, split-R̂."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from swag.errors import UserError
+from swag.posteriors.hmc import FlatModel, gaussian_log_posterior, hmc, split_rhat
+
+NOISE_VAR, PRIOR_VAR = 0.25, 4.0
+
+
+def linear_problem():
+    """`nn.Linear(2, 1)` on features [x, x²]: flat θ = (w_x, w_x², b), a Gaussian posterior."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.linspace(-1.5, 1.5, 30, dtype=torch.float64)
+    inputs = torch.stack([x, x**2], 1)
+    targets = (0.7 * x - 0.4 * x**2 + 0.3)[:, None]
+    targets = targets + NOISE_VAR**0.5 * torch.randn(targets.shape, generator=generator).double()
+    design = torch.cat([inputs, torch.ones(30, 1, dtype=torch.float64)], 1)
+    precision = design.T @ design / NOISE_VAR + torch.eye(3, dtype=torch.float64) / PRIOR_VAR
+    cov = torch.linalg.inv(precision)
+    mean = cov @ design.T @ targets[:, 0] / NOISE_VAR
+    model = nn.Linear(2, 1).double()
+    return FlatModel(model), inputs, targets, mean, cov
+
+
+def sample_linear(temperature: float, num_chains: int = 40, num_samples: int = 250):
+    flat, inputs, targets, mean, cov = linear_problem()
+    log_prob = gaussian_log_posterior(flat, inputs, targets, NOISE_VAR, PRIOR_VAR, temperature)
+    # Step 0.4 × the smallest posterior std; trajectory length ≈ 1.6 × the smallest std.
+    step = 0.4 * (temperature * torch.linalg.eigvalsh(cov)[0]).sqrt().item()
+    start = torch.zeros(num_chains, 3, dtype=torch.float64)
+    result = hmc(log_prob, start, step, 4, num_samples, burn=50, thin=2,
+                 generator=torch.Generator().manual_seed(1))  # fmt: skip
+    return result, mean, cov
+
+
+def check_moments(samples: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> None:
+    draws = samples.reshape(-1, 3)
+    std = cov.diagonal().sqrt()
+    # 10,000 draws with autocorrelation: Monte Carlo error of the mean ≈ 0.02 std.
+    assert ((draws.mean(0) - mean).abs() / std).max() < 0.1
+    sample_cov = torch.cov(draws.T)
+    assert ((sample_cov.diagonal().sqrt() / std) - 1).abs().max() < 0.1
+    corr = cov / torch.outer(std, std)
+    sample_corr = sample_cov / torch.outer(sample_cov.diagonal(), sample_cov.diagonal()).sqrt()
+    assert (sample_corr - corr).abs().max() < 0.1
+
+
+def test_linear_regression_matches_closed_form_posterior():
+    result, mean, cov = sample_linear(temperature=1.0)
+    assert result.samples.shape == (40, 250, 3)
+    assert result.acceptance.min() > 0.6
+    check_moments(result.samples, mean, cov)
+
+
+def test_temperature_scales_posterior_covariance():
+    # p(θ|D)^(1/T) of a Gaussian posterior is N(mean, T·cov).
+    result, mean, cov = sample_linear(temperature=4.0)
+    check_moments(result.samples, mean, 4.0 * cov)
+
+
+def gaussian_target(stds: torch.Tensor):
+    return lambda thetas: -0.5 * (thetas / stds).pow(2).sum(1)
+
+
+def test_acceptance_and_rhat_on_gaussian_target():
+    stds = torch.tensor([1.0, 0.8, 1.3, 0.6], dtype=torch.float64)
+    start = torch.randn(8, 4, generator=torch.Generator().manual_seed(0)).double() * stds
+    # Leapfrog is stable for ε < 2·min(std) = 1.2: ε = 0.1 accepts most, ε = 1.3 diverges.
+    # Trajectory length 2 is between 1.5 and 3.4 rad for every coordinate (no resonance).
+    good = hmc(gaussian_target(stds), start, 0.1, 20, 1000, burn=100,
+               generator=torch.Generator().manual_seed(1))  # fmt: skip
+    assert good.acceptance.min() > 0.9
+    assert split_rhat(good.samples).max() < 1.01
+    bad = hmc(gaussian_target(stds), start, 1.3, 20, 50, generator=torch.Generator().manual_seed(1))
+    assert bad.acceptance.max() < 0.1
+
+
+def test_rhat_flags_unmixed_chains():
+    # Chains started at ±20 std with a tiny trajectory have not forgotten their starts.
+    stds = torch.ones(2, dtype=torch.float64)
+    start = torch.tensor([[20.0, 0.0], [-20.0, 0.0], [20.0, 5.0], [-20.0, 5.0]]).double()
+    stuck = hmc(
+        gaussian_target(stds), start, 1e-3, 2, 100, generator=torch.Generator().manual_seed(0)
+    )
+    assert split_rhat(stuck.samples)[0] > 2.0
+
+
+def test_split_rhat_closed_form():
+    # Two chains whose halves have known means and variances.
+    half = torch.tensor([-1.0, 1.0, -1.0, 1.0], dtype=torch.float64)
+    values = torch.stack([torch.cat([half, half]), torch.cat([half + 2, half + 2])])[..., None]
+    # 4 split chains of n = 4: within var W = 4/3, chain means (0, 0, 2, 2): B/n = 4/3.
+    within, between_over_n = 4 / 3, 4 / 3
+    expected = ((3 / 4 * within + between_over_n) / within) ** 0.5
+    assert split_rhat(values).item() == pytest.approx(expected)
+    iid = torch.randn(4, 2000, 3, generator=torch.Generator().manual_seed(0))
+    assert (split_rhat(iid) - 1).abs().max() < 0.01
+
+
+def test_endpoint_semantics_burn_thin_and_rejection():
+    stds = torch.ones(3)
+    start = torch.full((2, 3), 0.5)
+    result = hmc(gaussian_target(stds), start, 5.0, 3, 6, burn=2, thin=3,
+                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+    # ε = 5 always diverges, so every kept endpoint is the starting point.
+    assert result.samples.shape == (2, 6, 3)
+    assert torch.equal(result.samples, start[:, None].expand(2, 6, 3))
+    assert torch.equal(result.acceptance, torch.zeros(2))
+    torch.testing.assert_close(result.log_probs, torch.full((2, 6), -0.375))
+
+
+def test_seeded_runs_are_reproducible():
+    stds = torch.ones(5)
+    start = torch.zeros(3, 5)
+    run = [hmc(gaussian_target(stds), start, 0.3, 5, 10, generator=torch.Generator().manual_seed(7))
+           for _ in range(2)]  # fmt: skip
+    assert torch.equal(run[0].samples, run[1].samples)
+
+
+def test_flat_model_matches_module_forward():
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+    flat = FlatModel(model)
+    inputs = torch.randn(7, 2)
+    thetas = torch.stack([flat.flatten(), torch.randn(flat.dim)])
+    outputs = flat(thetas, inputs)
+    torch.testing.assert_close(outputs[0], model(inputs))
+    flat.load(thetas[1])
+    torch.testing.assert_close(outputs[1], model(inputs))
+
+
+def test_bad_input_raises_user_error():
+    stds = torch.ones(2)
+    with pytest.raises(UserError):
+        hmc(gaussian_target(stds), torch.zeros(2), 0.1, 5, 10)
+    with pytest.raises(UserError):
+        hmc(gaussian_target(stds), torch.full((1, 2), float("nan")), 0.1, 5, 10)
+    with pytest.raises(UserError):
+        split_rhat(torch.zeros(2, 3))
+    flat, inputs, targets, _, _ = linear_problem()
+    with pytest.raises(UserError):
+        gaussian_log_posterior(flat, inputs, targets, NOISE_VAR, PRIOR_VAR, temperature=0.0)
+
+
+@pytest.mark.slow
+def test_compiled_gradients_match_eager():
+    flat, inputs, targets, _, _ = linear_problem()
+    log_prob = gaussian_log_posterior(flat, inputs, targets, NOISE_VAR, PRIOR_VAR)
+    start = torch.zeros(4, 3, dtype=torch.float64)
+    runs = [hmc(log_prob, start, 0.05, 5, 5, generator=torch.Generator().manual_seed(0),
+                compile=compile) for compile in (False, True)]  # fmt: skip
+    torch.testing.assert_close(runs[0].samples, runs[1].samples)
