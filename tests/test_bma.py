@@ -238,3 +238,11 @@ def test_temperature_scaled_curves_lower_heldout_nll_and_keep_accuracy():
         assert after[name][-1]["nll"] < before[name][-1]["nll"] - 0.1
         assert after[name][-1]["accuracy"] == before[name][-1]["accuracy"]
     assert before["clean_heldout"][0]["num_models"] == 1
+
+
+def test_max_num_models_keeps_the_most_recent_deviation_columns(tmp_path):
+    swag = _swag(4, steps=5)
+    path = _write_swag(tmp_path, swag, "swag")
+    posterior = next(iter(CheckpointMembers([path], "multiswag", _net, max_num_models=2)))
+    assert posterior.swag.rank == 2
+    torch.testing.assert_close(posterior.swag.deviations, swag.deviations[-2:])
