@@ -1,0 +1,161 @@
+"""Shared fixtures: tiny datasets written in the real on-disk formats, so torchvision's loaders run.
+
+- `tiny_fashion_mnist(root, n_train, n_test)` / `tiny_mnist(...)`: uncompressed idx files under
+  `<root>/<dataset lower>/<dataset>/raw/` (the layout `make data` produces), 28×28 grey images.
+- `tiny_cifar10(root, n_train, n_test)`: the five `data_batch_*`, `test_batch` and `batches.meta`
+  pickles under `<root>/cifar10/cifar-10-batches-py/`, 32×32 RGB images. torchvision checks the
+  md5 of the real archive's files, so this fixture replaces `check_integrity` in
+  `torchvision.datasets.cifar` with an existence check for the duration of the test.
+
+Each factory returns a `TinyData` with the arrays it wrote. Images carry a class-dependent
+template plus noise, so a few epochs of training beat chance. The factories are session-scoped
+fixtures returning plain functions, so module-scoped fixtures can use them too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `from experiments.train import run_swag`
+    sys.path.insert(0, str(REPO_ROOT))
+
+torch.set_num_threads(1)  # 2 cores shared by every engineer's test run
+
+
+@dataclass
+class TinyData:
+    """What a factory wrote: `data_path` is what to pass as `--data_path`.
+
+    Images are uint8 [N, H, W] (grey) or [N, H, W, 3] (CIFAR), labels int64 [N].
+    """
+
+    data_path: Path
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int = 10
+
+
+def synthetic_images(
+    rng: np.random.Generator, labels: np.ndarray, shape: tuple[int, ...], num_classes: int = 10
+) -> np.ndarray:
+    """uint8 images [N, *shape]: a fixed random template per class plus uniform noise."""
+    templates = rng.integers(0, 256, size=(num_classes, *shape))
+    noise = rng.integers(-60, 61, size=(labels.shape[0], *shape))
+    return np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
+    """Write `array` (uint8, 1-3 dims) in the big-endian idx format of MNIST."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opener = gzip.open if compress else open
+    with opener(path, "wb") as stream:
+        stream.write(header + array.tobytes())
+
+
+def write_mnist_format(
+    root: Path,
+    n_train: int = 256,
+    n_test: int = 64,
+    seed: int = 0,
+    dataset: str = "FashionMNIST",
+) -> TinyData:
+    """Uncompressed idx files in `<root>/<dataset lower>/<dataset>/raw/` (torchvision's layout)."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    train_labels = np.arange(n_train) % 10
+    test_labels = rng.permutation(np.arange(n_test) % 10)
+    train_images = synthetic_images(rng, train_labels, (28, 28))
+    test_images = synthetic_images(np.random.default_rng(seed), test_labels, (28, 28))
+    raw = root / dataset.lower() / dataset / "raw"
+    write_idx(raw / "train-images-idx3-ubyte", train_images)
+    write_idx(raw / "train-labels-idx1-ubyte", train_labels)
+    write_idx(raw / "t10k-images-idx3-ubyte", test_images)
+    write_idx(raw / "t10k-labels-idx1-ubyte", test_labels)
+    return TinyData(root, train_images, train_labels.astype(np.int64), test_images,
+                    test_labels.astype(np.int64))  # fmt: skip
+
+
+def write_cifar10(root: Path, n_train: int = 250, n_test: int = 50, seed: int = 0) -> TinyData:
+    """CIFAR-10 python pickles in `<root>/cifar10/cifar-10-batches-py/` (five training batches).
+
+    `n_train` must be a multiple of 5. Rows are 3072 bytes, channel-major (R plane, G, B), as in
+    the real files.
+    """
+    if n_train % 5:
+        raise ValueError("n_train must be a multiple of 5 (five training batches)")
+    root = Path(root)
+    folder = root / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    train_labels = rng.permutation(np.arange(n_train) % 10)
+    test_labels = np.arange(n_test) % 10
+    train_images = synthetic_images(rng, train_labels, (32, 32, 3))
+    test_images = synthetic_images(rng, test_labels, (32, 32, 3))
+
+    def dump(name: str, images: np.ndarray, labels: np.ndarray) -> None:
+        rows = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
+        entry = {
+            "batch_label": name,
+            "labels": [int(label) for label in labels],
+            "data": rows,
+            "filenames": [f"{name}_{i}.png" for i in range(len(images))],
+        }
+        with open(folder / name, "wb") as stream:
+            pickle.dump(entry, stream, protocol=2)
+
+    per_batch = n_train // 5
+    for index in range(5):
+        part = slice(index * per_batch, (index + 1) * per_batch)
+        dump(f"data_batch_{index + 1}", train_images[part], train_labels[part])
+    dump("test_batch", test_images, test_labels)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+               "truck"]  # fmt: skip
+    with open(folder / "batches.meta", "wb") as stream:
+        pickle.dump({"label_names": classes, "num_cases_per_batch": per_batch}, stream)
+    return TinyData(root, train_images, train_labels.astype(np.int64), test_images,
+                    test_labels.astype(np.int64))  # fmt: skip
+
+
+def skip_cifar_md5(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let torchvision's CIFAR10 accept files whose md5 differs from the real archive's."""
+    import torchvision.datasets.cifar as cifar
+
+    monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+
+
+@pytest.fixture(scope="session")
+def tiny_fashion_mnist():
+    """Factory `(root, n_train=256, n_test=64, seed=0) -> TinyData` writing FashionMNIST idx."""
+    return write_mnist_format
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist():
+    """Factory `(root, n_train=256, n_test=64, seed=0) -> TinyData` writing MNIST idx files."""
+
+    def make(root: Path, n_train: int = 256, n_test: int = 64, seed: int = 0) -> TinyData:
+        return write_mnist_format(root, n_train, n_test, seed, dataset="MNIST")
+
+    return make
+
+
+@pytest.fixture
+def tiny_cifar10(monkeypatch):
+    """Factory `(root, n_train=250, n_test=50, seed=0) -> TinyData` writing CIFAR-10 pickles."""
+    skip_cifar_md5(monkeypatch)
+    return write_cifar10
