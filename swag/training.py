@@ -230,7 +230,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "weights_only=True); only load checkpoints written by this project or the original "
             "repository, from a source you trust"
         ) from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError) as error:
         raise UserError(
             f"{path} is truncated or not a PyTorch checkpoint; pass an intact checkpoint-<e>.pt "
             "or swag-<e>.pt (an interrupted save leaves the previous checkpoint intact)"
