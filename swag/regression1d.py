@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from torch import Tensor
 from swag.errors import UserError
 from swag.models.regression_net import RegressionNet
 from swag.posteriors.ensembles import initial_members, train_members
-from swag.posteriors.hmc import FlatModel, HMCResult, gaussian_log_posterior, hmc
+from swag.posteriors.hmc import FlatModel, HMCResult, gaussian_log_posterior, hmc, split_rhat
 from swag.posteriors.vi import MeanFieldVI
 
 TARGET_SCALE = 10.0  # every notebook multiplies y and y_ by 10
@@ -369,3 +370,92 @@ def wasserstein2(samples_a: Tensor, samples_b: Tensor) -> Tensor:
     index_b = (middles * size_b).long().clamp_max(size_b - 1).to(b.device)
     squared = (a[index_a] - b[index_b]).pow(2) * widths.to(a.device)[:, None]
     return squared.sum(0).sqrt()
+
+
+def hmc_diagnostics(result: HMCResult, grid_predictions: Tensor) -> dict:
+    """Acceptance per chain and split-R̂ of the prediction at every grid input.
+
+    Args:
+        result: the HMC run; grid_predictions: `[C, S, M]` outputs at the grid.
+
+    Returns:
+        `{"acceptance_mean", "acceptance_min", "acceptance_max", "rhat_median", "rhat_max"}`.
+    """
+    rhat = split_rhat(grid_predictions)
+    acceptance = result.acceptance
+    return {
+        "acceptance_mean": acceptance.mean().item(),
+        "acceptance_min": acceptance.min().item(),
+        "acceptance_max": acceptance.max().item(),
+        "rhat_median": rhat.median().item(),
+        "rhat_max": rhat.max().item(),
+    }
+
+
+def w2_curves(
+    hmc_predictions: Tensor, methods: dict[str, Tensor], counts: list[int]
+) -> dict[str, list[float]]:
+    """Mean over grid inputs of W2(method's first k predictive draws, HMC) for each k.
+
+    The HMC chains are split in two halves: the first half is the reference; the row
+    "HMC (held-out chains)" uses the last draw of k chains of the second half, the distance an
+    exact sampler of k independent draws would have (the Monte Carlo floor).
+
+    Args:
+        hmc_predictions: `[C, S, M]` HMC outputs at M grid inputs (C >= 2).
+        methods: name -> `[K, M]` draws (ensemble members, VI samples), used in order.
+        counts: the numbers of draws k to evaluate (larger than available: skipped, `nan`).
+
+    Returns:
+        name -> mean W2 per count (`nan` where a method has fewer than k draws).
+    """
+    half = hmc_predictions.shape[0] // 2
+    if half < 1:
+        raise UserError("pass HMC predictions of at least 2 chains")
+    reference = hmc_predictions[:half].reshape(-1, hmc_predictions.shape[-1])
+    rows = {"HMC (held-out chains)": hmc_predictions[half:, -1], **methods}
+    return {
+        name: [
+            wasserstein2(draws[:k], reference).mean().item() if k <= len(draws) else float("nan")
+            for k in counts
+        ]
+        for name, draws in rows.items()
+    }
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    data: Regression1DData,
+    num_chains: int | None = None,
+    num_members: int | None = None,
+    seed: int = 0,
+    compile: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Runs HMC, the deep ensemble and VI of `config` and predicts on the grid.
+
+    Returns:
+        `{"hmc": [C, S, M], "ensemble": [members, M], "vi": [num_predictive, M]}` float32 numpy
+        outputs at the M grid inputs (targets ×10, no observation noise), plus "diagnostics"
+        (`hmc_diagnostics`) and "seconds" (wall time per method).
+    """
+    seconds = {}
+    start = time.perf_counter()
+    result = run_hmc(config.hmc, data, num_chains, seed, progress, compile)
+    hmc_preds = predict(result.samples, data.grid_inputs).view(*result.samples.shape[:2], -1)
+    seconds["hmc"] = time.perf_counter() - start
+    start = time.perf_counter()
+    members = run_ensemble(config.ensemble, data, num_members, seed, progress, compile)
+    ensemble_preds = predict(members, data.grid_inputs)
+    seconds["ensemble"] = time.perf_counter() - start
+    start = time.perf_counter()
+    vi = run_vi(config.vi, data, seed, progress)
+    vi_preds = vi_predictions(vi, data.grid_inputs, config.vi.num_predictive, seed)
+    seconds["vi"] = time.perf_counter() - start
+    return {
+        "hmc": hmc_preds.cpu().numpy(),
+        "ensemble": ensemble_preds.cpu().numpy(),
+        "vi": vi_preds.cpu().numpy(),
+        "diagnostics": hmc_diagnostics(result, hmc_preds),
+        "seconds": seconds,
+    }
