@@ -199,3 +199,14 @@ def test_run_multiswag_sh_end_to_end(tmp_path):
         assert len(results["curves"]["stripes_2"]) == 2
     assert (out / "multiswag_nll.png").is_file() and (out / "multiswag_accuracy.png").is_file()
     assert (tmp_path / "ckpts" / "swag_2" / "checkpoint-2.pt").is_file()
+
+
+def test_severity_table_averages_over_corruptions():
+    plot = _script("plot_multiswag")
+    curve = lambda *v: [{"num_models": m + 1, "nll": x} for m, x in enumerate(v)]  # noqa: E731
+    curves = {
+        "ensemble": {"clean": curve(1.0, 0.5), "a_1": curve(2.0, 1.0), "b_1": curve(4.0, 2.0)}
+    }
+    table = plot.severity_table(curves, plot.panels(list(curves["ensemble"]), None, None), "nll")
+    assert "| Deep Ensembles | clean | 1.0000 | 0.5000 |" in table
+    assert "| Deep Ensembles | 1 (mean of 2) | 3.0000 | 1.5000 |" in table

@@ -38,7 +38,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         choices=sorted(TITLES))  # fmt: skip
     parser.add_argument("--corruptions", nargs="*", default=None, help="subset of corruptions")
     parser.add_argument("--severities", nargs="*", type=int, default=None, help="subset, 1..5")
+    parser.add_argument(
+        "--table", action="store_true",
+        help="also print a markdown table: each metric per severity (mean over corruptions) "
+        "against the number of models",
+    )  # fmt: skip
     return parser.parse_args(argv)
+
+
+def severity_table(curves: dict[str, dict], rows, metric: str) -> str:
+    """Markdown: one line per (method, severity), the mean over corruptions for m = 1..M."""
+    by_severity: dict[int, list[str]] = {}
+    for _, cells in rows:
+        for severity, name in cells:
+            by_severity.setdefault(severity, []).append(name)
+    num_models = max(len(c[n]) for c in curves.values() for n in c)
+    lines = ["| method | severity | " + " | ".join(f"m={m}" for m in range(1, num_models + 1))]
+    lines.append("|---|---|" + "---|" * num_models)
+    for method in (m for m in METHODS if m in curves):
+        for severity, names in sorted(by_severity.items()):
+            values = [
+                sum(curves[method][n][m][metric] for n in names) / len(names)
+                for m in range(len(curves[method][names[0]]))
+            ]
+            label = "clean" if severity == 0 else f"{severity} (mean of {len(names)})"
+            lines.append(
+                f"| {LABELS[method]} | {label} | " + " | ".join(f"{v:.4f}" for v in values)
+            )
+    return "\n".join(line + " |" for line in lines)
 
 
 def load_curves(path: Path) -> tuple[str, dict]:
@@ -122,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         path = out.with_name(f"{out.name}_{metric}.png")
         plot(curves, metric, rows, path)
         print(f"wrote {path}")
+        if args.table:
+            print(f"\n{TITLES[metric]}\n{severity_table(curves, rows, metric)}\n")
     return 0
 
 
