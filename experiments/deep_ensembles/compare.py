@@ -7,7 +7,8 @@ Monte Carlo floor of k independent HMC draws. Writes to --dir: command.sh, confi
 predictions.npz (hmc [C, S, 100], ensemble [M, 100], vi [S, 100]), metrics.json (HMC
 acceptance and R̂, timings, the table), w2.csv and w2.png.
 
-    python experiments/deep_ensembles/compare.py --config 2020-02 --dir runs/deep_ensembles/2020-02 --compile
+    python experiments/deep_ensembles/compare.py --config 2020-02 \\
+        --dir runs/deep_ensembles/2020-02 --compile
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num_members", type=int, default=None, help="default: 50")
     parser.add_argument("--ensemble_steps", type=int, default=None, help="default: 20000")
     parser.add_argument("--vi_steps", type=int, default=None, help="default: 10000")
+    parser.add_argument("--pretrain_steps", type=int, default=None, help="HMC/VI; default 3000")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--step_size", type=float, default=None, help="override HMC step size")
@@ -67,6 +69,9 @@ def scaled_config(args: argparse.Namespace) -> regression1d.ExperimentConfig:
     vi = config.vi
     if args.vi_steps is not None:
         vi = dataclasses.replace(vi, num_steps=args.vi_steps)
+    if args.pretrain_steps is not None:
+        hmc = dataclasses.replace(hmc, pretrain_steps=args.pretrain_steps)
+        vi = dataclasses.replace(vi, pretrain_steps=args.pretrain_steps)
     return dataclasses.replace(config, hmc=hmc, ensemble=ensemble, vi=vi)
 
 
