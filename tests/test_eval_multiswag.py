@@ -110,8 +110,9 @@ def test_every_method_writes_prefix_curves_for_every_test_set(runs):
     assert (runs / "eval" / "eval_command.sh").is_file()
 
 
-def test_ensemble_matches_the_checkpoints_own_predictions(runs):
-    results = _eval(runs, "ensemble", "ensemble")
+@pytest.mark.parametrize("extra", [[], ["--channels_last"]])
+def test_ensemble_matches_the_checkpoints_own_predictions(runs, extra):
+    results = _eval(runs, "ensemble", "ensemble", *extra)
     spec = models.get_model("LeNet5")
     images, labels = write_tiny_fashion_mnist(runs / "unused")  # same seed: the same test set
     x = (torch.as_tensor(images, dtype=torch.float32)[:, None] / 255 - 0.1307) / 0.3081
