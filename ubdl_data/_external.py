@@ -64,6 +64,11 @@ def magick_motion_blur(image: np.ndarray, radius: float, sigma: float, angle: fl
     return (quanta // 257).astype(np.uint8).reshape(height, width, channels)
 
 
+def check_frost_textures() -> None:
+    """Raise UserError now, rather than mid-run, if the frost textures cannot be found."""
+    _frost_folder()
+
+
 def _frost_folder() -> Path:
     # find_spec does not run the package (imagecorruptions 1.1.2 fails to import without
     # pkg_resources); we only need its data files.

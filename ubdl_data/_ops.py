@@ -202,3 +202,49 @@ def glass_shuffle(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         x = x.copy()
         x[:, 2:, 2:] = x[batch, rows, cols]
     return x
+
+
+@functools.lru_cache(maxsize=16)
+def zoom_sum_operator(size: int, zooms: tuple[float, ...]) -> np.ndarray:
+    """`sum_z clipped_zoom(., z)` as one matrix on flattened images, `[S*S, S*S]` float64.
+
+    `clipped_zoom(x, z) = A_z x A_z^T` per channel, A_z `[S, S]` holding the crop and the
+    bilinear taps, so the sum over zooms is `sum_z kron(A_z, A_z)` acting on `vec(x)`.
+    """
+    total = np.zeros((size * size, size * size))
+    for zoom in zooms:
+        top, _, lo, hi, frac = _zoom_taps(size, zoom)
+        taps = np.zeros((size, size))
+        np.add.at(taps, (np.arange(size), top + lo), 1.0 - frac)
+        np.add.at(taps, (np.arange(size), top + hi), frac)
+        total += np.kron(taps, taps)
+    return total
+
+
+def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
+    """skimage.color.rgb2hsv without its boolean indexing: the same float operations, `[..., 3]`."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    value = rgb.max(-1)
+    delta = np.ptp(rgb, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        saturation = np.where(delta == 0.0, 0.0, delta / value)
+        hue = np.where(
+            b == value,
+            4.0 + (r - g) / delta,
+            np.where(g == value, 2.0 + (b - r) / delta, (g - b) / delta),
+        )
+        hue = np.where(delta == 0.0, 0.0, (hue / 6.0) % 1.0)
+    return np.stack([hue, saturation, value], axis=-1)
+
+
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """skimage.color.hsv2rgb with the same float operations, `[..., 3]`."""
+    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    sector = np.floor(h * 6)
+    f = h * 6 - sector
+    p = v * (1 - s)
+    q = v * (1 - f * s)
+    t = v * (1 - (1 - f) * s)
+    sector = sector.astype(np.uint8) % 6
+    table = np.stack([v, q, p, p, t, v, t, v, v, q, p, p, p, p, t, v, v, q]).reshape(3, 6, *h.shape)
+    return np.stack([np.choose(sector, table[k]) for k in range(3)], axis=-1)
