@@ -94,7 +94,10 @@ def validate(args: argparse.Namespace) -> None:
             f"--swag_start must lie strictly between 0 and --epochs ({args.epochs}); "
             f"got {args.swag_start:g}"
         )
-    models.get_model(args.model)
+    try:
+        models.get_model(args.model)
+    except models.UnknownModelError as error:  # a KeyError in the registry, not a UserError
+        raise UserError(str(error)) from None
     if args.dataset not in data.DATASETS:
         raise UserError(
             f"unknown --dataset {args.dataset!r}; choose one of: {', '.join(data.DATASETS)}"
