@@ -7,7 +7,7 @@
   md5 of the real archive's files, so this fixture replaces `check_integrity` in
   `torchvision.datasets.cifar` with an existence check for the duration of the test.
 
-Each factory returns a `TinyData` with the arrays it wrote. Images carry a class-dependent
+Each factory returns a `TinyData` with the arrays it wrote. Images carry a smooth class
 template plus noise, so a few epochs of training beat chance. The factories are session-scoped
 fixtures returning plain functions, so module-scoped fixtures can use them too.
 """
@@ -49,12 +49,22 @@ class TinyData:
 
 
 def synthetic_images(
-    rng: np.random.Generator, labels: np.ndarray, shape: tuple[int, ...], num_classes: int = 10
+    rng: np.random.Generator, labels: np.ndarray, templates: np.ndarray
 ) -> np.ndarray:
-    """uint8 images [N, *shape]: a fixed random template per class plus uniform noise."""
-    templates = rng.integers(0, 256, size=(num_classes, *shape))
-    noise = rng.integers(-60, 61, size=(labels.shape[0], *shape))
+    """uint8 images [N, *shape]: the template [C, *shape] of each label plus uniform noise."""
+    noise = rng.integers(-60, 61, size=(labels.shape[0], *templates.shape[1:]))
     return np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
+
+
+def smooth_templates(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """uint8-range templates [10, *shape]: 4×4 blocks, mirror-symmetric, so that the padded
+    crops and flips of the training augmentation keep the classes apart."""
+    height, width = shape[:2]
+    blocks = rng.integers(0, 256, size=(10, 4, 4, *shape[2:]))
+    blocks = (blocks + blocks[:, :, ::-1]) // 2
+    rows = np.arange(height) * 4 // height
+    columns = np.arange(width) * 4 // width
+    return blocks[:, rows][:, :, columns]
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
@@ -79,8 +89,9 @@ def write_mnist_format(
     rng = np.random.default_rng(seed)
     train_labels = np.arange(n_train) % 10
     test_labels = rng.permutation(np.arange(n_test) % 10)
-    train_images = synthetic_images(rng, train_labels, (28, 28))
-    test_images = synthetic_images(np.random.default_rng(seed), test_labels, (28, 28))
+    templates = smooth_templates(rng, (28, 28))
+    train_images = synthetic_images(rng, train_labels, templates)
+    test_images = synthetic_images(rng, test_labels, templates)
     raw = root / dataset.lower() / dataset / "raw"
     write_idx(raw / "train-images-idx3-ubyte", train_images)
     write_idx(raw / "train-labels-idx1-ubyte", train_labels)
@@ -104,8 +115,9 @@ def write_cifar10(root: Path, n_train: int = 250, n_test: int = 50, seed: int = 
     rng = np.random.default_rng(seed)
     train_labels = rng.permutation(np.arange(n_train) % 10)
     test_labels = np.arange(n_test) % 10
-    train_images = synthetic_images(rng, train_labels, (32, 32, 3))
-    test_images = synthetic_images(rng, test_labels, (32, 32, 3))
+    templates = smooth_templates(rng, (32, 32, 3))
+    train_images = synthetic_images(rng, train_labels, templates)
+    test_images = synthetic_images(rng, test_labels, templates)
 
     def dump(name: str, images: np.ndarray, labels: np.ndarray) -> None:
         rows = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
