@@ -61,7 +61,9 @@ def make_loader(images, targets, preset, batch_size, train, kind, memory_format,
 
 def seconds_per_sample(swag, test_sets, bn_loader, bn_subset, samples) -> dict[str, float]:
     posterior = SWAGPosterior(swag)
-    bayesian_model_average([posterior], test_sets, 1, "cpu", bn_loader, bn_subset)  # warm-up
+    with torch.no_grad():  # warm-up: one batch of each loader (allocator, oneDNN kernels)
+        for loader in [*test_sets.values(), *([bn_loader] if bn_loader is not None else [])]:
+            swag.base_model(next(iter(loader))[0])
     result = bayesian_model_average([posterior], test_sets, samples, "cpu", bn_loader, bn_subset)
     return {k: v / samples for k, v in result.seconds.items()}
 
