@@ -208,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     device = cli.resolve_device(args.device)
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
-    cli.record_invocation(out, args)
     torch.manual_seed(args.seed)
     run = setup(args, device)
     start_epoch = 0
@@ -218,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             run["sgd_ensemble"].load_state_dict(training.load_checkpoint(out / "sgd_ens_state.pt"))
     else:
         save(out, run, 0)
+    cli.record_invocation(out, args)  # once the inputs proved good: a failed start clobbers nothing
     last_good = start_epoch
     with (out / "metrics.jsonl").open("a") as log:
         for epoch in range(start_epoch, args.epochs):
