@@ -298,6 +298,7 @@ def prepare_bad_case(case: str, root: Path, fmnist, bad_files) -> tuple[list[str
     out = root / "run"
     out.mkdir(parents=True)
     (out / "metrics.jsonl").write_text('{"ep": 1}\n')
+    (out / "command.sh").write_text("python run_swag.py --epochs 2\n")
     shutil.copy(bad_files / "checkpoint-1.pt", out / "checkpoint-1.pt")
     return with_flags(base_args(out, fmnist.data_path, "--epochs", "2"), flags), message, out
 
@@ -308,7 +309,9 @@ def check_bad_case(code: int, stderr: str, message: str, out: Path) -> None:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert message in lines[0]
-    assert (out / "metrics.jsonl").read_text() == '{"ep": 1}\n'  # nothing written is lost
+    # Nothing already written is lost: not even the command line of the earlier run.
+    assert (out / "metrics.jsonl").read_text() == '{"ep": 1}\n'
+    assert (out / "command.sh").read_text() == "python run_swag.py --epochs 2\n"
     assert training.load_checkpoint(out / "checkpoint-1.pt")["epoch"] == 1
 
 
