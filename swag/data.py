@@ -343,6 +343,11 @@ def loaders(
     num_classes = int(train_targets.max()) + 1
     if label_arr is not None:
         train_targets = read_label_array(label_arr, train_targets.shape[0], num_classes)
+    if use_validation and train_targets.shape[0] <= val_size:
+        raise UserError(
+            f"{dataset} has {train_targets.shape[0]} training images, too few to hold out the "
+            f"last {val_size} for validation; pass --use_test to evaluate on the test set"
+        )
     if use_validation:
         test_images, test_targets = train_images[-val_size:], train_targets[-val_size:]
         train_images, train_targets = train_images[:-val_size], train_targets[:-val_size]
