@@ -51,6 +51,13 @@ def test_cifar_validation_split_is_the_last_training_images(tmp_path, tiny_cifar
     np.testing.assert_array_equal(targets.numpy(), tiny.train_labels[-50:])
 
 
+def test_validation_split_larger_than_the_training_set_is_a_user_error(tmp_path, tiny_mnist):
+    """The default 5,000 validation images of a 96-image set would leave nothing to train on."""
+    tiny_mnist(tmp_path, n_train=96, n_test=16)
+    with pytest.raises(UserError, match="96 training images, too few .* pass --use_test"):
+        data.loaders("MNIST", tmp_path, 32, 0, MNIST)
+
+
 def test_cifar_shuffled_training_pairs_images_with_their_labels(tmp_path, tiny_cifar10):
     tiny = tiny_cifar10(tmp_path, n_train=250, n_test=50)
     loaders, _ = data.loaders("CIFAR10", tmp_path, 32, 0, CIFAR_NO_AUG, val_size=50, seed=3)
