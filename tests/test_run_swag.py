@@ -174,10 +174,19 @@ def assert_same_tensors(a, b, path=""):
 
 
 @pytest.mark.parametrize(
-    "model, dataset",
-    [("PreResNet8", "CIFAR10"), ("DropoutNet", "FashionMNIST")],  # BatchNorm; dropout draws
-)
-def test_resume_is_bit_identical(tmp_path, fmnist, monkeypatch, model, dataset):
+    "model, dataset, loader",
+    [
+        ("PreResNet8", "CIFAR10", ("--loader", "fast")),  # BatchNorm
+        ("DropoutNet", "FashionMNIST", ("--loader", "fast")),  # dropout draws
+        ("DropoutNet", "FashionMNIST", ("--loader", "torchvision", "--num_workers", "0")),
+        pytest.param(  # worker processes: seconds of start-up per epoch
+            "DropoutNet", "FashionMNIST", ("--loader", "torchvision", "--num_workers", "2"),
+            marks=pytest.mark.slow,
+        ),
+    ],
+    ids=["PreResNet8-fast", "DropoutNet-fast", "DropoutNet-torchvision", "DropoutNet-workers"],
+)  # fmt: skip
+def test_resume_is_bit_identical(tmp_path, fmnist, monkeypatch, model, dataset, loader):
     """4 epochs straight vs 2 epochs, a stop, then --resume checkpoint-2.pt: equal bits."""
     if dataset == "CIFAR10":
         skip_cifar_md5(monkeypatch)
@@ -186,7 +195,7 @@ def test_resume_is_bit_identical(tmp_path, fmnist, monkeypatch, model, dataset):
         data_path = fmnist.data_path
     if model == "DropoutNet":
         with_dropout_model(monkeypatch)
-    extra = ("--epochs", "4", "--save_freq", "2", *SWAG_ARGS)
+    extra = ("--epochs", "4", "--save_freq", "2", *SWAG_ARGS, *loader)
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert run_swag.main(base_args(straight, data_path, *extra, model=model, dataset=dataset)) == 0
     args = base_args(stopped, data_path, *extra, model=model, dataset=dataset)
