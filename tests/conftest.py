@@ -3,9 +3,10 @@
 - `tiny_fashion_mnist(root, n_train, n_test)` / `tiny_mnist(...)`: uncompressed idx files under
   `<root>/<dataset lower>/<dataset>/raw/` (the layout `make data` produces), 28×28 grey images.
 - `tiny_cifar10(root, n_train, n_test)`: the five `data_batch_*`, `test_batch` and `batches.meta`
-  pickles under `<root>/cifar10/cifar-10-batches-py/`, 32×32 RGB images. torchvision checks the
-  md5 of the real archive's files, so this fixture replaces `check_integrity` in
-  `torchvision.datasets.cifar` with an existence check for the duration of the test.
+  pickles under `<root>/cifar10/cifar-10-batches-py/`, 32×32 RGB images; `tiny_cifar100` and
+  `tiny_svhn` likewise (`cifar-100-python/`, `svhn/*_32x32.mat`). torchvision checks the md5 of
+  the real files, so these fixtures replace `check_integrity` in `torchvision.datasets.cifar`
+  and `.svhn` with an existence check for the duration of the test (`skip_md5`).
 
 Each factory returns a `TinyData` with the arrays it wrote. Images carry a smooth class
 template plus noise, so a few epochs of training beat chance. The factories are session-scoped
@@ -143,11 +144,65 @@ def write_cifar10(root: Path, n_train: int = 250, n_test: int = 50, seed: int = 
                     test_labels.astype(np.int64))  # fmt: skip
 
 
-def skip_cifar_md5(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let torchvision's CIFAR10 accept files whose md5 differs from the real archive's."""
-    import torchvision.datasets.cifar as cifar
+def write_cifar100(root: Path, n_train: int = 200, n_test: int = 100, seed: int = 0) -> TinyData:
+    """CIFAR-100 python pickles (`train`, `test`, `meta`) in `<root>/cifar100/cifar-100-python/`.
 
-    monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+    Labels cycle through all 100 classes, so pass at least 100 training images.
+    """
+    root = Path(root)
+    folder = root / "cifar100" / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    train_labels = rng.permutation(np.arange(n_train) % 100)
+    test_labels = np.arange(n_test) % 100
+    images = rng.integers(0, 256, size=(n_train + n_test, 32, 32, 3), dtype=np.uint8)
+    for name, part, labels in [
+        ("train", images[:n_train], train_labels),
+        ("test", images[n_train:], test_labels),
+    ]:
+        entry = {
+            "filenames": [f"{name}_{i}.png" for i in range(len(labels))],
+            "fine_labels": [int(label) for label in labels],
+            "coarse_labels": [int(label) // 5 for label in labels],
+            "data": part.transpose(0, 3, 1, 2).reshape(len(part), 3072),
+        }
+        with open(folder / name, "wb") as stream:
+            pickle.dump(entry, stream, protocol=2)
+    with open(folder / "meta", "wb") as stream:
+        pickle.dump({"fine_label_names": [f"class{i}" for i in range(100)],
+                     "coarse_label_names": [f"super{i}" for i in range(20)]}, stream)  # fmt: skip
+    return TinyData(root, images[:n_train], train_labels.astype(np.int64), images[n_train:],
+                    test_labels.astype(np.int64), num_classes=100)  # fmt: skip
+
+
+def write_svhn(root: Path, n_train: int = 60, n_test: int = 20, seed: int = 0) -> TinyData:
+    """`train_32x32.mat` / `test_32x32.mat` in `<root>/svhn/`: X [32, 32, 3, N], y [N, 1] in
+    1..10 with 10 standing for the digit 0, as in the real files. Returned labels are 0..9."""
+    import scipy.io
+
+    root = Path(root)
+    folder = root / "svhn"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for name, count in [("train", n_train), ("test", n_test)]:
+        labels = rng.permutation(np.arange(count) % 10)
+        images = rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
+        stored = np.where(labels == 0, 10, labels).astype(np.uint8)[:, None]
+        scipy.io.savemat(folder / f"{name}_32x32.mat",
+                         {"X": images.transpose(1, 2, 3, 0), "y": stored})  # fmt: skip
+        arrays += [images, labels.astype(np.int64)]
+    return TinyData(root, *arrays)
+
+
+def skip_md5(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let torchvision's CIFAR and SVHN accept files whose md5 differs from the real ones."""
+    import torchvision.datasets.cifar as cifar
+    import torchvision.datasets.svhn as svhn
+
+    exists = lambda path, md5=None: os.path.isfile(path)  # noqa: E731
+    monkeypatch.setattr(cifar, "check_integrity", exists)
+    monkeypatch.setattr(svhn, "check_integrity", exists)
 
 
 @pytest.fixture(scope="session")
@@ -169,5 +224,19 @@ def tiny_mnist():
 @pytest.fixture
 def tiny_cifar10(monkeypatch):
     """Factory `(root, n_train=250, n_test=50, seed=0) -> TinyData` writing CIFAR-10 pickles."""
-    skip_cifar_md5(monkeypatch)
+    skip_md5(monkeypatch)
     return write_cifar10
+
+
+@pytest.fixture
+def tiny_cifar100(monkeypatch):
+    """Factory `(root, n_train=200, n_test=100, seed=0) -> TinyData` writing CIFAR-100 pickles."""
+    skip_md5(monkeypatch)
+    return write_cifar100
+
+
+@pytest.fixture
+def tiny_svhn(monkeypatch):
+    """Factory `(root, n_train=60, n_test=20, seed=0) -> TinyData` writing SVHN .mat files."""
+    skip_md5(monkeypatch)
+    return write_svhn

@@ -94,6 +94,21 @@ def test_mnist_idx_loaders(tmp_path, tiny_mnist, tiny_fashion_mnist, dataset):
     np.testing.assert_array_equal(targets.numpy(), tiny.test_labels)
 
 
+def test_cifar100_and_svhn_loaders(tmp_path, tiny_cifar100, tiny_svhn):
+    c100 = tiny_cifar100(tmp_path, n_train=200, n_test=100)
+    loaders, num_classes = data.loaders("CIFAR100", tmp_path, 50, 0, CIFAR, use_validation=False)
+    assert num_classes == 100 and loaders["train"].num_examples == 200
+    inputs, targets = concat(loaders["test"])
+    np.testing.assert_allclose(inputs.numpy(), normalise(c100.test_images, CIFAR), atol=1e-5)
+    np.testing.assert_array_equal(targets.numpy(), c100.test_labels)
+    svhn = tiny_svhn(tmp_path, n_train=60, n_test=20)
+    loaders, num_classes = data.loaders("SVHN", tmp_path, 16, 0, CIFAR, use_validation=False)
+    assert num_classes == 10 and loaders["train"].num_examples == 60
+    inputs, targets = concat(loaders["test"])
+    np.testing.assert_allclose(inputs.numpy(), normalise(svhn.test_images, CIFAR), atol=1e-5)
+    np.testing.assert_array_equal(targets.numpy(), svhn.test_labels)  # the digit 0 is 0, not 10
+
+
 def test_torchvision_loader_serves_the_same_test_images(tmp_path, tiny_cifar10):
     tiny_cifar10(tmp_path, n_train=250, n_test=50)
     fast, _ = data.loaders("CIFAR10", tmp_path, 20, 0, CIFAR, val_size=50)

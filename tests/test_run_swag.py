@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, skip_cifar_md5, write_cifar10, write_mnist_format
+from conftest import REPO_ROOT, skip_md5, write_cifar10, write_mnist_format
 from torch import nn
 
 from experiments.train import run_swag
@@ -189,7 +189,7 @@ def assert_same_tensors(a, b, path=""):
 def test_resume_is_bit_identical(tmp_path, fmnist, monkeypatch, model, dataset, loader):
     """4 epochs straight vs 2 epochs, a stop, then --resume checkpoint-2.pt: equal bits."""
     if dataset == "CIFAR10":
-        skip_cifar_md5(monkeypatch)
+        skip_md5(monkeypatch)
         data_path = write_cifar10(tmp_path / "cifar", n_train=100, n_test=20).data_path
     else:
         data_path = fmnist.data_path
