@@ -369,3 +369,39 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, fmnist, monkeypatch
     assert state["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
     assert not (out / "checkpoint-1.pt").exists()
+
+
+README_COMMANDS = {
+    "PreResNet20_swag": "--dataset=CIFAR10 --save_freq=300 --model=PreResNet20 --lr_init=0.1 "
+    "--wd=3e-4 --swag --swag_start=161 --swag_lr=0.01 --cov_mat --use_test",
+    "PreResNet20_sgd": "--dataset=CIFAR10 --model=PreResNet20 --lr_init=0.1 --wd=3e-4 --use_test",
+    "VGG16_swag": "--dataset=CIFAR10 --save_freq=300 --model=VGG16 --lr_init=0.05 --wd=5e-4 "
+    "--swag --swag_start=161 --swag_lr=0.01 --cov_mat --use_test",
+    "LeNet5_mnist": "--dataset=MNIST --save_freq=50 --model=LeNet5 --lr_init=0.05 --swag "
+    "--swag_start=25 --swag_lr=0.01 --cov_mat --use_test --wd=0. --prior_var=1e-1 --seed 1",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n == "VGG16_swag" else n for n in README_COMMANDS],
+)
+def test_readme_commands_run_with_fewer_epochs(name, tmp_path, monkeypatch):
+    """The README's commands (UPSTREAM.md §1.1), unchanged apart from --epochs 2 and a
+    --swag_start inside it (2 epochs, collection after the second), on tiny data."""
+    skip_md5(monkeypatch)
+    if "MNIST" in README_COMMANDS[name]:
+        write_mnist_format(tmp_path, n_train=64, n_test=16, dataset="MNIST")
+    else:
+        write_cifar10(tmp_path, n_train=50, n_test=10)
+    argv = README_COMMANDS[name].replace("=161", "=1").replace("=25", "=1").split()
+    out = tmp_path / "run"
+    argv += [f"--data_path={tmp_path}", "--epochs=2", f"--dir={out}", "--device=cpu"]
+    assert run_swag.main(argv) == 0
+    assert (out / "checkpoint-2.pt").is_file()
+    if "--swag" in argv:
+        swag_state = training.load_checkpoint(out / "swag-2.pt")["state_dict"]
+        assert int(swag_state["n_models"]) == 1
+        assert (out / "sgd_ens_preds.npz").is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["prior_var"] == (0.1 if name == "LeNet5_mnist" else None)
