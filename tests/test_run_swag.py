@@ -257,6 +257,7 @@ def bad_files(tmp_path_factory, fmnist):
     (root / "truncated.pt").write_bytes(payload[: len(payload) // 3])
     torch.save({"epoch": 1, "state_dict": nn.Linear(3, 2).state_dict()}, root / "other.pt")
     torch.save({"epoch": 1, "state_dict": lenet.state_dict(), "x": Payload()}, root / "code.pt")
+    torch.save({"weights": lenet.state_dict()}, root / "weights.pt")
     np.save(root / "labels.npy", np.zeros(200, dtype=np.int64))
     (root / "empty").mkdir()
     return root
@@ -282,6 +283,11 @@ BAD_INPUTS = {
     "resume_other_registry_model": (
         {"--model": "MLP", "--resume": "{bad}/checkpoint-1.pt"}, "different model"
     ),
+    "resume_without_its_swag": (
+        {"--swag": None, "--swag_start": "0.5", "--resume": "{bad}/checkpoint-1.pt"},
+        "swag-1.pt is missing; pass the SWAG checkpoint of epoch 1 with --swag_resume",
+    ),
+    "resume_a_foreign_dict": ({"--resume": "{bad}/weights.pt"}, "is not a checkpoint-<e>.pt"),
     "subspace_pca": ({"--subspace": "pca"}, "--subspace pca is not supported"),
     "inference_projected_sgd": (
         {"--inference": "projected_sgd"}, "--inference projected_sgd is not supported"
