@@ -225,10 +225,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        if "global" in str(error).lower():  # weights_only refused a class or function
+            raise UserError(
+                f"{path} contains pickled code or objects and was refused (loaded with "
+                "weights_only=True); only load checkpoints written by this project or the "
+                "original repository, from a source you trust"
+            ) from error
         raise UserError(
-            f"{path} contains pickled code or objects and was refused (loaded with "
-            "weights_only=True); only load checkpoints written by this project or the original "
-            "repository, from a source you trust"
+            f"{path} is not a PyTorch checkpoint; pass a checkpoint-<e>.pt or swag-<e>.pt"
         ) from error
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError) as error:
         raise UserError(

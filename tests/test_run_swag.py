@@ -222,11 +222,6 @@ def test_resume_is_bit_identical(tmp_path, fmnist, monkeypatch, model, dataset, 
     assert rows(straight) == rows(stopped)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: run_swag reads the SGD-ensemble state from <--dir>/sgd_ens_state.pt, which is "
-    "neither next to the --resume checkpoint nor tied to its epoch",
-)
 @pytest.mark.parametrize("where", ["new_directory", "older_checkpoint_same_directory"])
 def test_resume_restores_the_sgd_ensemble_of_the_checkpoint(tmp_path, fmnist, monkeypatch, where):
     """The SGD ensemble after resuming from checkpoint-2.pt must be that of epoch 2."""

@@ -94,34 +94,43 @@ def validate(args: argparse.Namespace) -> None:
             f"--swag_start must lie strictly between 0 and --epochs ({args.epochs}); "
             f"got {args.swag_start:g}"
         )
-    try:
-        models.get_model(args.model)
-    except models.UnknownModelError as error:  # a KeyError in the registry, not a UserError
-        raise UserError(str(error)) from None
+    models.get_model(args.model)
     if args.dataset not in data.DATASETS:
         raise UserError(
             f"unknown --dataset {args.dataset!r}; choose one of: {', '.join(data.DATASETS)}"
         )
 
 
-def resume(args, model, optimizer, swag_model, device) -> int:
-    """Restore training (and SWAG) state; returns the number of completed epochs."""
+def resume(args, run: dict, device: torch.device) -> int:
+    """Restore training, SWAG and SGD-ensemble state; returns the number of completed epochs."""
     state = training.load_checkpoint(args.resume, map_location=device)
     if "state_dict" not in state or "epoch" not in state:
         raise UserError(f"{args.resume} is not a checkpoint-<e>.pt of run_swag.py; pass one")
-    training.load_model_state(model, state["state_dict"], args.resume)
+    training.load_model_state(run["model"], state["state_dict"], args.resume)
     if "optimizer" in state:
-        optimizer.load_state_dict(state["optimizer"])
+        run["optimizer"].load_state_dict(state["optimizer"])
     epoch = int(state["epoch"])
-    swag_path = args.swag_resume or Path(args.resume).with_name(f"swag-{epoch}.pt")
-    if swag_model is not None and (args.swag_resume or Path(swag_path).exists()):
+    swag_model = run["swag_model"]
+    swag_path = Path(args.swag_resume or Path(args.resume).with_name(f"swag-{epoch}.pt"))
+    if swag_model is not None and (args.swag_resume or swag_path.exists()):
         swag_state = training.load_checkpoint(swag_path, map_location=device)
         training.load_model_state(swag_model, swag_state["state_dict"], str(swag_path))
+        if "sgd_ensemble" in swag_state:
+            run["sgd_ensemble"].load_state_dict(swag_state["sgd_ensemble"])
     elif swag_model is not None and epoch > args.swag_start:
         raise UserError(
             f"{swag_path} is missing; pass the SWAG checkpoint of epoch {epoch} with --swag_resume"
         )
     return epoch
+
+
+def truncate_metrics_log(path: Path, completed_epochs: int) -> None:
+    """Drop rows of epochs after the resumed checkpoint (they are about to be rerun)."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in rows if json.loads(line)["ep"] <= completed_epochs]
+    cli.atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def should_collect(args, epoch: int) -> bool:
@@ -191,16 +200,15 @@ def run_epoch(args, run: dict, epoch: int, device: torch.device) -> dict:
 
 
 def save(out: Path, run: dict, epoch: int) -> None:
-    """checkpoint-<e>.pt, and with SWAG swag-<e>.pt and the SGD-ensemble state, atomically."""
+    """checkpoint-<e>.pt and, with SWAG, swag-<e>.pt (holding the SGD ensemble), atomically."""
     model, optimizer = run["model"], run["optimizer"]
     training.save_checkpoint(out, epoch, state_dict=model.state_dict(),
                              optimizer=optimizer.state_dict(), config=run["config"])  # fmt: skip
     if run["swag_model"] is not None:
-        swag_state = run["swag_model"].state_dict()
         training.save_checkpoint(
-            out, epoch, name="swag", state_dict=swag_state, config=run["config"]
-        )
-        training.atomic_torch_save(run["sgd_ensemble"].state_dict(), out / "sgd_ens_state.pt")
+            out, epoch, name="swag", state_dict=run["swag_model"].state_dict(),
+            sgd_ensemble=run["sgd_ensemble"].state_dict(), config=run["config"],
+        )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,9 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     run = setup(args, device)
     start_epoch = 0
     if args.resume:
-        start_epoch = resume(args, run["model"], run["optimizer"], run["swag_model"], device)
-        if (out / "sgd_ens_state.pt").exists() and args.swag:
-            run["sgd_ensemble"].load_state_dict(training.load_checkpoint(out / "sgd_ens_state.pt"))
+        start_epoch = resume(args, run, device)
+        truncate_metrics_log(out / "metrics.jsonl", start_epoch)
     else:
         save(out, run, 0)
     cli.record_invocation(out, args)  # once the inputs proved good: a failed start clobbers nothing

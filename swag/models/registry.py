@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from swag.errors import UserError
+
 
 @dataclass(frozen=True)
 class InputPreset:
@@ -78,7 +80,7 @@ def register_model(
     return spec
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(UserError, KeyError):
     """Raised for a name that is not in the registry; the message lists the valid names."""
 
     def __str__(self) -> str:
