@@ -8,8 +8,13 @@ same shape; PreResNet20 and VGG16 train on random CIFAR-shaped uint8 images. War
 (and compilation) are excluded from the timing. Each model runs in its own process so that its
 peak RSS is its own.
 
-    python benchmarks/train_throughput.py --models LeNet5,PreResNet20,VGG16
-    python benchmarks/train_throughput.py --models LeNet5 --channels_last --bf16 --threads 2
+    python benchmarks/train_throughput.py                      # recommended setup, 3 models
+    python benchmarks/train_throughput.py --models LeNet5 --no-channels_last --no-bf16 \
+        --sgd for-loop --loader torchvision                     # upstream-like eager float32
+
+Defaults are the recommended setup: channels_last, bf16 autocast where the device supports it,
+fused SGD, no compilation. On a CPU shared with other jobs, run with OMP_WAIT_POLICY=PASSIVE
+(or --threads 1): spinning OpenMP threads are descheduled and every parallel op then waits.
 
 Columns: img/s = median over --repeats rounds of --batches batches (max in brackets);
 img/cpu-s = images per second of process CPU time (less sensitive to other load on the machine);
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import statistics
 import subprocess
 import sys
@@ -48,10 +54,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--loader", choices=("fast", "torchvision"), default="fast")
-    parser.add_argument("--channels_last", action="store_true")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (forward)")
+    # Defaults are the recommended setup; --no-channels_last --no-bf16 --sgd for-loop is eager
+    # float32 as upstream trained.
+    knob = argparse.BooleanOptionalAction
+    parser.add_argument("--channels_last", action=knob, default=True)
+    parser.add_argument("--bf16", action=knob, default=None, help="default: if the device has it")
     parser.add_argument("--compile", choices=speed.COMPILE_MODES, default="none")
-    parser.add_argument("--sgd", choices=speed.SGD_IMPLEMENTATIONS, default="auto")
+    parser.add_argument("--sgd", choices=speed.SGD_IMPLEMENTATIONS, default="fused")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -94,6 +103,8 @@ def endless_batches(loader):
 def measure(args: argparse.Namespace, name: str) -> dict:
     device = cli.resolve_device(args.device)
     speed.set_threads(args.threads)
+    if args.bf16 is None:
+        args.bf16 = speed.bf16_supported(device)
     spec = models.get_model(name)
     images, targets, source = training_data(name, args.data_path)
     if args.loader == "fast":
@@ -142,9 +153,11 @@ def measure(args: argparse.Namespace, name: str) -> dict:
 
 def config_label(args: argparse.Namespace, device: torch.device) -> str:
     knobs = [args.loader, device.type, f"threads={torch.get_num_threads()}"]
+    if "OMP_WAIT_POLICY" in os.environ:
+        knobs.append(f"omp={os.environ['OMP_WAIT_POLICY']}")
     knobs += ["channels_last"] * args.channels_last + ["bf16"] * args.bf16
     knobs += [f"compile={args.compile}"] * (args.compile != "none")
-    knobs += [f"sgd={args.sgd}"] * (args.sgd != "auto")
+    knobs += [f"sgd={args.sgd}"]
     return " ".join(knobs)
 
 
