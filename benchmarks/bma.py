@@ -83,6 +83,7 @@ def lenet_rows(args) -> list[list]:
         name = {"torchvision": "torchvision-pipeline", "fast": "fast"}[kind]
         name += "+channels_last" if fmt == CHANNELS_LAST else ""
         rows.append(["LeNet5", name, s["bn_update"], s["predict"], sum(s.values()), 1.60])
+        print(f"  {rows[-1][:2]}: {rows[-1][4]:.3f} s per sample", flush=True)
     return rows
 
 
@@ -108,6 +109,7 @@ def preresnet_rows(args, train_images, train_targets, test_images, test_targets,
         name += f"+bn_subset {subset}" if subset else ""
         name += f", {k} test sets" if k > 1 else ""
         rows.append(["PreResNet20", name, s["bn_update"], s["predict"], sum(s.values()), 6.1])
+        print(f"  {rows[-1][:2]}: {rows[-1][4]:.3f} s per sample", flush=True)
     return rows
 
 
