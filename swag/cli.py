@@ -81,14 +81,25 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def record_invocation(
-    directory: str | Path, args: argparse.Namespace, name: str = "command"
+    directory: str | Path,
+    args: argparse.Namespace,
+    script: str | Path,
+    argv: list[str] | None = None,
+    name: str = "command",
 ) -> None:
-    """Write `<name>.sh` (the exact command line) and `config.json` (all flag values)."""
-    command = " ".join(shlex.quote(part) for part in [sys.executable, *sys.argv])
-    atomic_write_text(Path(directory) / f"{name}.sh", command + "\n")
-    atomic_write_text(
-        Path(directory) / "config.json", json.dumps(vars(args), indent=2, default=str) + "\n"
-    )
+    """Write `<name>.sh`, the command that reproduces the run, and its flag values as JSON.
+
+    `argv` is what `main(argv)` received (None: the process's own arguments), so a run started
+    from Python records the equivalent shell command. The JSON is `config.json` for the
+    training command and `<name>_config.json` otherwise, so an evaluation in a training
+    directory does not overwrite the training configuration.
+    """
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    parts = ["python", os.path.relpath(Path(script).resolve()), *arguments]
+    atomic_write_text(Path(directory) / f"{name}.sh", shlex.join(parts) + "\n")
+    config_name = "config.json" if name == "command" else f"{name}_config.json"
+    text = json.dumps(vars(args), indent=2, default=str) + "\n"
+    atomic_write_text(Path(directory) / config_name, text)
 
 
 def run_main(main: Callable[[list[str] | None], int | None]) -> None:

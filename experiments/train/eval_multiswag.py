@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args.device = str(cli.resolve_device(args.device))
     out = Path(args.savedir)
     out.mkdir(parents=True, exist_ok=True)
-    cli.record_invocation(out, args, name="eval_command")
+    cli.record_invocation(out, args, __file__, argv, name="eval_command")
     spec = models.get_model(args.model)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     loaders, num_classes = data.loaders(

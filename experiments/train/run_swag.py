@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         truncate_metrics_log(out / "metrics.jsonl", start_epoch)
     else:
         save(out, run, 0)
-    cli.record_invocation(out, args)  # once the inputs proved good: a failed start clobbers nothing
+    cli.record_invocation(out, args, __file__, argv)  # once the inputs proved good: a failed start clobbers nothing
     last_good = start_epoch
     with (out / "metrics.jsonl").open("a") as log:
         for epoch in range(start_epoch, args.epochs):
