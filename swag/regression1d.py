@@ -1,6 +1,6 @@
 """The 1-D regression of "deep ensembles as Bayesian model averaging" (UPSTREAM.md §5).
 
-Wilson & Izmailov (2020), §3.2 / Fig. 2: on 60 points in three clusters, a deep ensemble's
+Wilson & Izmailov (2020), "deep ensembles as BMA": on 60 points in three clusters, a deep ensemble's
 predictive distribution is closer to HMC's than a mean-field VI's. This module holds what the
 scripts and notebooks of `experiments/deep_ensembles/` share: the data (features `[x, x²]`,
 targets ×10), the named settings of the original notebooks, one runner per method, and the

@@ -1,6 +1,6 @@
 """Deep ensembles trained all at once: M members as one `[M, D]` stack of flat parameters.
 
-Lakshminarayanan et al. (2017); Wilson & Izmailov (2020) §3.2 read a deep ensemble as a
+Lakshminarayanan et al. (2017); Wilson & Izmailov (2020) read a deep ensemble as a
 Bayesian model average over M basins: `p(y | x, D) ≈ (1/M) Σ_m p(y | x, θ_m)`, each θ_m a MAP
 estimate from its own random initialisation. Here every member takes the same full-batch SGD
 steps as it would alone (the members never interact), but all of them in one batched

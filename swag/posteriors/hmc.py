@@ -1,6 +1,6 @@
 """Full-batch Hamiltonian Monte Carlo over the parameters of any `nn.Module`, batched over chains.
 
-Neal (2011), "MCMC using Hamiltonian dynamics". The paper (Wilson & Izmailov, 2020, Fig. 2/§3.2)
+Neal (2011), "MCMC using Hamiltonian dynamics". The paper (Wilson & Izmailov, 2020)
 uses HMC on a 1-D regression as the reference Bayesian model average. Unlike the hamiltorch
 versions the original notebooks ran (UPSTREAM.md §5.4), the semantics here are explicit:
 
