@@ -54,7 +54,7 @@ def severity_table(curves: dict[str, dict], rows, metric: str) -> str:
             by_severity.setdefault(severity, []).append(name)
     num_models = max(len(c[n]) for c in curves.values() for n in c)
     lines = ["| method | severity | " + " | ".join(f"m={m}" for m in range(1, num_models + 1))]
-    lines.append("|---|---|" + "---|" * num_models)
+    lines.append("|---|---" + "|---" * num_models)
     for method in (m for m in METHODS if m in curves):
         for severity, names in sorted(by_severity.items()):
             values = [
