@@ -224,11 +224,11 @@ def pretrained_starts(
     compile: bool = False,
 ) -> Tensor:
     """Fresh inits trained by SGD on mean squared error / (2σ²), as every original notebook's
-    pre-training: `[len(seed_list), D]`."""
+    pre-training: `[len(seed_list), D]`. This is gradient ascent on the flat-prior log
+    likelihood at step lr / (N·out), which takes the hand-written MLP gradient."""
     starts = initial_members(flat.model, seed_list).to(data.inputs.device)
-    return train_members(
-        flat, starts, data.inputs, data.targets, steps, lr, noise_var, compile=compile
-    )
+    likelihood = gaussian_log_posterior(flat, data.inputs, data.targets, noise_var, None)
+    return likelihood.ascend(starts, steps, lr / data.targets.numel(), compile)
 
 
 def run_hmc(

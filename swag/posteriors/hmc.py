@@ -7,25 +7,34 @@ versions the original notebooks ran (UPSTREAM.md §5.4), the semantics here are 
 * the target is `log p_T(θ) = (1/T)·[log N(y | f_θ(x), σ²I) + log N(θ | 0, s²I)]` + const,
   i.e. the posterior raised to the power 1/T (`gaussian_log_posterior`);
 * only the endpoint of each trajectory is a sample (a rejection repeats the current point);
-* `burn` whole trajectories are discarded, then every `thin`-th endpoint is kept.
+* `burn` whole trajectories are discarded, then every `thin`-th endpoint is kept;
+* the mass matrix is the identity unless a diagonal `inverse_mass` is passed.
 
-`C` chains advance in one batched computation: the network is evaluated at a `[C, D]` stack of
-flat parameter vectors with `torch.func.functional_call` under `torch.func.vmap`, and one
-backward pass gives all `C` gradients (the chains do not interact).
+`C` chains advance in one batched computation. For any module the network is evaluated at a
+`[C, D]` stack of flat parameter vectors with `torch.func.functional_call` under `vmap`, and one
+autograd pass gives all `C` gradients. For a Linear/ReLU stack (`mlp_widths`) the gradient is
+written out by hand with the chains on the last axis (`mlp_log_prob_and_grad`), and a whole
+leapfrog step is one function that `compile=True` fuses into a single CPU kernel.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call, jacrev, vmap
 
 from swag.errors import UserError
 
 LogProbFn = Callable[[Tensor], Tensor]
+GradFn = Callable[[Tensor], tuple[Tensor, Tensor]]
+# (thetas, momenta, grads, step_size, num_steps, inverse_mass) -> same as `leapfrog`
+TrajectoryFn = Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]
+# Without it inductor recomputes each layer's δ inside the next layer's reductions (2x slower).
+_INDUCTOR_OPTIONS = {"realize_reads_threshold": 1}
 
 
 class FlatModel:
@@ -66,14 +75,242 @@ class FlatModel:
         return vmap(one)(thetas)
 
 
+def mlp_widths(model: nn.Module) -> tuple[int, ...] | None:
+    """`(in, hidden..., out)` if `model` is `Sequential(Linear, ReLU, ..., ReLU, Linear)` with
+    biases (the layout `mlp_log_prob_and_grad` differentiates by hand), else None."""
+    if not isinstance(model, nn.Sequential) or len(model) % 2 == 0:
+        return None
+    linears, activations = list(model)[0::2], list(model)[1::2]
+    if not all(type(m) is nn.Linear and m.bias is not None for m in linears):
+        return None
+    if not all(type(m) is nn.ReLU for m in activations):
+        return None
+    return (linears[0].in_features, *(m.out_features for m in linears))
+
+
+def mlp_log_prob_and_grad(
+    thetas_t: Tensor,
+    inputs_t: Tensor,
+    targets_t: Tensor,
+    widths: tuple[int, ...],
+    likelihood_scale: float | Tensor,
+    prior_scale: float | Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Gaussian log density of a ReLU MLP's parameters and its gradient, without autograd.
+
+    `log p(θ) = -(λ/2)·Σ_n ||y_n - f_θ(x_n)||² - (κ/2)·||θ||²` with λ = 1/(σ²T), κ = 1/(s²T).
+    Forward: `h_0 = x, z_l = W_l h_{l-1} + b_l, h_l = relu(z_l)`, `f = z_L`. Backward:
+    `δ_L = -λ (f - y)`, `∂/∂W_l = Σ_n δ_l h_{l-1}ᵀ`, `∂/∂b_l = Σ_n δ_l`,
+    `δ_{l-1} = (W_lᵀ δ_l) ⊙ 1[h_{l-1} > 0]`, plus the prior's `-κ θ`.
+    The chains are the last axis, so every product is a broadcast vectorised over chains
+    (no tiny batched matrix products).
+
+    Args:
+        thetas_t: `[D, C]` flat parameters in `FlatModel` order, one column per chain.
+        inputs_t: `[in, N, 1]`; targets_t: `[out, N, 1]` (transposed data).
+        widths: `(in, hidden..., out)`, see `mlp_widths`.
+        likelihood_scale, prior_scale: λ and κ (κ = 0: flat prior).
+
+    Returns:
+        `(log_probs [C], grads [D, C])`.
+    """
+    num_chains = thetas_t.shape[1]
+    weights, biases, offset = [], [], 0
+    for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
+        weights.append(thetas_t[offset : offset + fan_out * fan_in].view(fan_out, fan_in, 1, -1))
+        offset += fan_out * fan_in
+        biases.append(thetas_t[offset : offset + fan_out].view(fan_out, 1, num_chains))
+        offset += fan_out
+    hidden, layer_inputs = inputs_t, []
+    for layer, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
+        layer_inputs.append(hidden)  # [in, N, C] (or [in, N, 1] for the data)
+        hidden = (weight * hidden).sum(1) + bias  # [out, in, N, C] summed over in
+        if layer < len(weights) - 1:
+            hidden = hidden.clamp_min(0)
+    residuals = hidden - targets_t  # [out, N, C]
+    log_probs = -0.5 * (
+        likelihood_scale * residuals.pow(2).sum((0, 1)) + prior_scale * thetas_t.pow(2).sum(0)
+    )
+    delta = -likelihood_scale * residuals
+    grads = []
+    for layer in reversed(range(len(weights))):
+        hidden = layer_inputs[layer]
+        grads.append(delta.sum(1))
+        grads.append((delta[:, None] * hidden).sum(2).flatten(0, 1))
+        if layer > 0:
+            delta = (weights[layer] * delta[:, None]).sum(0) * (hidden > 0)
+    return log_probs, torch.cat(grads[::-1]) - prior_scale * thetas_t
+
+
+def _mlp_leapfrog_step(
+    thetas_t: Tensor,
+    momenta_t: Tensor,
+    inverse_mass_t: Tensor,
+    inputs_t: Tensor,
+    targets_t: Tensor,
+    widths: tuple[int, ...],
+    step_size: Tensor,
+    likelihood_scale: Tensor,
+    prior_scale: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`θ ← θ + ε M⁻¹ p;  p ← p + ε ∇log p(θ)` in chain-last layout (one fused kernel)."""
+    thetas_t = thetas_t + step_size * inverse_mass_t * momenta_t
+    log_probs, grads_t = mlp_log_prob_and_grad(
+        thetas_t, inputs_t, targets_t, widths, likelihood_scale, prior_scale
+    )
+    return thetas_t, momenta_t + step_size * grads_t, log_probs, grads_t
+
+
+def _mlp_ascent_step(
+    thetas_t: Tensor,
+    inputs_t: Tensor,
+    targets_t: Tensor,
+    widths: tuple[int, ...],
+    step_size: Tensor,
+    likelihood_scale: Tensor,
+    prior_scale: Tensor,
+) -> Tensor:
+    """`θ ← θ + η ∇log p(θ)` in chain-last layout."""
+    grads_t = mlp_log_prob_and_grad(
+        thetas_t, inputs_t, targets_t, widths, likelihood_scale, prior_scale
+    )[1]
+    return thetas_t + step_size * grads_t
+
+
+@functools.cache
+def _compiled(fn: Callable) -> Callable:
+    # One compiled function per step kind, shared by all posteriors: the data and the scalars
+    # (0-d tensors, which dynamo does not specialise on) are arguments, so new data, step sizes
+    # or priors reuse the compiled kernel instead of exhausting dynamo's recompilation limit.
+    return torch.compile(fn, dynamic=False, options=_INDUCTOR_OPTIONS)
+
+
+class GaussianLogPosterior:
+    """The tempered log posterior of a regression net, batched over chains: `[C, D] -> [C]`.
+
+    `log p_T(θ) = -(1/T)·[Σ_n ||y_n - f_θ(x_n)||² / (2σ²) + ||θ||² / (2s²)]`, dropping
+    constants. Build it with `gaussian_log_posterior`. Calling it evaluates the network with
+    `FlatModel` (any module); `dynamics` gives the gradient and leapfrog integrator `hmc` uses,
+    by hand-written backpropagation for Linear/ReLU stacks, by autograd otherwise.
+    """
+
+    def __init__(
+        self,
+        flat_model: FlatModel,
+        inputs: Tensor,
+        targets: Tensor,
+        noise_var: float,
+        prior_var: float | None,
+        temperature: float = 1.0,
+        hand_gradient: bool = True,
+    ):
+        if noise_var <= 0 or temperature <= 0 or (prior_var is not None and prior_var <= 0):
+            raise UserError("pass a positive noise variance, prior variance and temperature")
+        self.flat_model, self.inputs, self.targets = flat_model, inputs, targets
+        self.likelihood_scale = 1.0 / (noise_var * temperature)
+        self.prior_scale = 0.0 if prior_var is None else 1.0 / (prior_var * temperature)
+        widths = mlp_widths(flat_model.model) if hand_gradient and inputs.dim() == 2 else None
+        self.widths = widths
+        if widths is not None:
+            self.inputs_t = inputs.T.contiguous()[:, :, None]
+            self.targets_t = targets.reshape(len(targets), -1).T.contiguous()[:, :, None]
+
+    def __call__(self, thetas: Tensor) -> Tensor:
+        residuals = self.flat_model(thetas, self.inputs) - self.targets
+        squares = residuals.pow(2).flatten(1).sum(1)
+        return -0.5 * (self.likelihood_scale * squares + self.prior_scale * thetas.pow(2).sum(1))
+
+    def dynamics(self, compile: bool = False) -> tuple[GradFn, TrajectoryFn]:
+        """`(grad_fn, trajectory_fn)`: `thetas [C, D] -> (log_probs [C], grads [C, D])` and a
+        function with the signature of `leapfrog` without its first argument."""
+        if self.widths is None:
+            grad_fn = value_and_grad(self, compile)
+            return grad_fn, functools.partial(leapfrog, grad_fn)
+        step = _compiled(_mlp_leapfrog_step) if compile else _mlp_leapfrog_step
+
+        def grad_fn(thetas: Tensor) -> tuple[Tensor, Tensor]:
+            thetas_t = thetas.detach().T.contiguous()
+            args = (self.inputs_t, self.targets_t, self.widths, *self._scalars(thetas))
+            log_probs, grads_t = mlp_log_prob_and_grad(thetas_t, *args)
+            return log_probs, grads_t.T
+
+        def trajectory(thetas, momenta, grads, step_size, num_steps, inverse_mass=None):
+            thetas_t, grads_t = thetas.detach().T.contiguous(), grads.T.contiguous()
+            momenta_t = (momenta.T + 0.5 * step_size * grads_t).contiguous()
+            inverse_mass_t = _inverse_mass_t(inverse_mass, thetas)
+            scalars = self._scalars(thetas, step_size)
+            log_probs = None
+            for _ in range(num_steps):
+                thetas_t, momenta_t, log_probs, grads_t = step(
+                    thetas_t, momenta_t, inverse_mass_t, self.inputs_t, self.targets_t,
+                    self.widths, *scalars,
+                )  # fmt: skip
+            momenta_t = momenta_t - 0.5 * step_size * grads_t
+            return thetas_t.T, momenta_t.T, log_probs, grads_t.T
+
+        return grad_fn, trajectory
+
+    def ascend(
+        self, thetas: Tensor, num_steps: int, step_size: float, compile: bool = False
+    ) -> Tensor:
+        """Full-batch gradient ascent `θ ← θ + η ∇log p(θ)` of every chain: `[C, D] -> [C, D]`.
+
+        With a flat prior (`prior_var=None`) and η = lr / (N·out) this is SGD at learning rate
+        lr on the mean squared error / (2σ²), the original notebooks' pre-training.
+        """
+        if self.widths is None:
+            grad_fn = value_and_grad(self, compile)
+            for _ in range(num_steps):
+                thetas = thetas + step_size * grad_fn(thetas)[1]
+            return thetas
+        step = _compiled(_mlp_ascent_step) if compile else _mlp_ascent_step
+        thetas_t = thetas.detach().T.contiguous()
+        scalars = self._scalars(thetas, step_size)
+        for _ in range(num_steps):
+            thetas_t = step(thetas_t, self.inputs_t, self.targets_t, self.widths, *scalars)
+        return thetas_t.T.contiguous()
+
+    def _scalars(self, thetas: Tensor, *values: float) -> list[Tensor]:
+        """`values`, λ and κ as 0-d tensors of `thetas`' dtype and device."""
+        return [thetas.new_tensor(v) for v in (*values, self.likelihood_scale, self.prior_scale)]
+
+    def curvature_diagonal(self, thetas: Tensor) -> Tensor:
+        """Diagonal of the generalised Gauss-Newton matrix of `-log p_T` at each chain.
+
+        `G_dd(θ) = λ Σ_n Σ_k (∂f_k(x_n; θ)/∂θ_d)² + κ` (λ = 1/(σ²T), κ = 1/(s²T)): the
+        likelihood curvature without the network's second derivatives. Its inverse is a
+        diagonal inverse mass matrix for `hmc` (preconditioning by the local posterior scales).
+
+        Returns:
+            `[C, D]`, positive where κ > 0.
+        """
+        flat = self.flat_model
+        buffers = dict(flat.model.named_buffers())
+
+        def outputs(theta: Tensor) -> Tensor:
+            params = {**flat.unflatten(theta), **buffers}
+            return functional_call(flat.model, (params,), (self.inputs,)).reshape(-1)
+
+        jacobians = vmap(jacrev(outputs))(thetas.detach())  # [C, N·out, D]
+        return self.likelihood_scale * jacobians.pow(2).sum(1) + self.prior_scale
+
+
+def _inverse_mass_t(inverse_mass: Tensor | None, thetas: Tensor) -> Tensor:
+    """The inverse mass in chain-last layout: `[D, 1]` or `[D, C]`."""
+    if inverse_mass is None:
+        return thetas.new_ones(thetas.shape[1], 1)
+    return inverse_mass.T.contiguous() if inverse_mass.dim() == 2 else inverse_mass[:, None]
+
+
 def gaussian_log_posterior(
     flat_model: FlatModel,
     inputs: Tensor,
     targets: Tensor,
     noise_var: float,
-    prior_var: float,
+    prior_var: float | None,
     temperature: float = 1.0,
-) -> LogProbFn:
+    hand_gradient: bool = True,
+) -> GaussianLogPosterior:
     """The tempered log posterior of a regression net, batched over chains.
 
     `log p_T(θ) = -(1/T)·[Σ_n ||y_n - f_θ(x_n)||² / (2σ²) + ||θ||² / (2s²)]`, dropping constants,
@@ -85,26 +322,19 @@ def gaussian_log_posterior(
         flat_model: the network, evaluated at flat parameter vectors.
         inputs: `[N, ...]` training inputs.
         targets: `[N, out]` training targets, shaped like the network's output.
-        noise_var, prior_var, temperature: σ², s², T (all > 0).
+        noise_var, prior_var, temperature: σ², s², T (all > 0; `prior_var=None`: flat prior).
+        hand_gradient: use `mlp_log_prob_and_grad` when the network is a Linear/ReLU stack
+            (same values as autograd up to float rounding, 5-10x faster); False: autograd.
 
     Returns:
-        A function `thetas [C, D] -> log_probs [C]`.
+        A `GaussianLogPosterior`, callable as `thetas [C, D] -> log_probs [C]`.
     """
-    if min(noise_var, prior_var, temperature) <= 0:
-        raise UserError("pass a positive noise variance, prior variance and temperature")
-
-    def log_prob(thetas: Tensor) -> Tensor:
-        residuals = flat_model(thetas, inputs) - targets
-        log_lik = -residuals.pow(2).flatten(1).sum(1) / (2 * noise_var)
-        log_prior = -thetas.pow(2).sum(1) / (2 * prior_var)
-        return (log_lik + log_prior) / temperature
-
-    return log_prob
+    return GaussianLogPosterior(
+        flat_model, inputs, targets, noise_var, prior_var, temperature, hand_gradient
+    )
 
 
-def value_and_grad(
-    fn: LogProbFn, compile: bool = False
-) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+def value_and_grad(fn: LogProbFn, compile: bool = False) -> GradFn:
     """Wraps a batched `fn: thetas [C, D] -> [C]` as `thetas -> (fn(thetas) [C], grads [C, D])`.
 
     The chains do not interact, so the gradient of `fn(thetas).sum()` holds every chain's own
@@ -137,30 +367,32 @@ def _sum_and_values(fn: LogProbFn, thetas: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def leapfrog(
-    grad_fn: Callable[[Tensor], tuple[Tensor, Tensor]],
+    grad_fn: GradFn,
     thetas: Tensor,
     momenta: Tensor,
     grads: Tensor,
     step_size: float,
     num_steps: int,
+    inverse_mass: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """`num_steps` leapfrog steps of Hamiltonian dynamics with H(θ, p) = -log p(θ) + ||p||²/2.
+    """`num_steps` leapfrog steps of Hamiltonian dynamics with H(θ, p) = -log p(θ) + pᵀM⁻¹p/2.
 
-    `p ← p + (ε/2)∇log p(θ);  θ ← θ + ε p;  p ← p + (ε/2)∇log p(θ)`, reusing each gradient
+    `p ← p + (ε/2)∇log p(θ);  θ ← θ + ε M⁻¹p;  p ← p + (ε/2)∇log p(θ)`, reusing each gradient
     for the next half step (num_steps + 1 gradient evaluations per trajectory, counting the
-    one passed in). `grad_fn` is `value_and_grad(log_prob_fn)`.
+    one passed in). `grad_fn` is `value_and_grad(log_prob_fn)`; `inverse_mass` is a diagonal
+    M⁻¹, `[D]` or `[C, D]` (None: identity).
 
     Returns:
         `(thetas [C, D], momenta [C, D], log_probs [C], grads [C, D])` at the trajectory's end.
     """
+    inverse_mass = 1.0 if inverse_mass is None else inverse_mass
     log_probs = None
     momenta = momenta + 0.5 * step_size * grads
-    for step in range(num_steps):
-        thetas = thetas + step_size * momenta
+    for _ in range(num_steps):
+        thetas = thetas + step_size * inverse_mass * momenta
         log_probs, grads = grad_fn(thetas)
-        half = 0.5 if step == num_steps - 1 else 1.0
-        momenta = momenta + half * step_size * grads
-    return thetas, momenta, log_probs, grads
+        momenta = momenta + step_size * grads
+    return thetas, momenta - 0.5 * step_size * grads, log_probs, grads
 
 
 @dataclass
@@ -171,6 +403,14 @@ class HMCResult:
     samples: Tensor
     log_probs: Tensor
     acceptance: Tensor
+
+
+def _check_inverse_mass(inverse_mass: Tensor | None, thetas: Tensor) -> None:
+    if inverse_mass is None:
+        return
+    shapes = (thetas.shape[1:], thetas.shape)
+    if inverse_mass.shape not in shapes or not (inverse_mass > 0).all():
+        raise UserError(f"pass a positive inverse_mass of shape [D] or [C, D] = {tuple(shapes[1])}")
 
 
 def hmc(
@@ -184,15 +424,17 @@ def hmc(
     generator: torch.Generator | None = None,
     progress: bool = False,
     compile: bool = False,
+    inverse_mass: Tensor | None = None,
 ) -> HMCResult:
-    """Runs `C` independent HMC chains (identity mass matrix) in lockstep.
+    """Runs `C` independent HMC chains in lockstep.
 
-    Each iteration draws `p ~ N(0, I)`, integrates `num_leapfrog` leapfrog steps of size ε and
-    accepts the endpoint with probability `min(1, exp(H(θ, p) - H(θ', p')))`; otherwise the
-    chain stays where it is. Iterations: `burn + num_samples · thin`.
+    Each iteration draws `p ~ N(0, M)`, integrates `num_leapfrog` leapfrog steps of size ε and
+    accepts the endpoint with probability `min(1, exp(H(θ, p) - H(θ', p')))` (energies in
+    float64); otherwise the chain stays where it is. Iterations: `burn + num_samples · thin`.
 
     Args:
-        log_prob_fn: batched log density `thetas [C, D] -> [C]` (e.g. `gaussian_log_posterior`).
+        log_prob_fn: batched log density `thetas [C, D] -> [C]`; a `gaussian_log_posterior` of
+            a Linear/ReLU stack uses the hand-written gradient and fused leapfrog steps.
         initial: `[C, D]` starting points, one per chain, with finite log density.
         step_size: leapfrog step ε.
         num_leapfrog: leapfrog steps L per trajectory (trajectory length ε·L).
@@ -201,7 +443,9 @@ def hmc(
         thin: keep every `thin`-th endpoint after burn-in.
         generator: source of the momenta and accept/reject draws (on `initial`'s device).
         progress: show a tqdm bar over iterations.
-        compile: compile the gradient with `torch.compile` (see `value_and_grad`).
+        compile: compile the gradient (or the fused leapfrog step) with `torch.compile`.
+        inverse_mass: diagonal M⁻¹, `[D]` or `[C, D]` (one per chain), fixed during sampling,
+            e.g. `1 / GaussianLogPosterior.curvature_diagonal(initial)`; None: identity.
 
     Returns:
         `HMCResult` with `samples [C, S, D]`.
@@ -212,8 +456,13 @@ def hmc(
         raise UserError(
             "pass step_size > 0, num_leapfrog >= 1, num_samples >= 1, burn >= 0, thin >= 1"
         )
+    _check_inverse_mass(inverse_mass, initial)
     thetas = initial.detach().clone()
-    grad_fn = value_and_grad(log_prob_fn, compile)
+    if isinstance(log_prob_fn, GaussianLogPosterior):
+        grad_fn, trajectory = log_prob_fn.dynamics(compile)
+    else:
+        grad_fn = value_and_grad(log_prob_fn, compile)
+        trajectory = functools.partial(leapfrog, grad_fn)
     log_probs, grads = grad_fn(thetas)
     if not torch.isfinite(log_probs).all():
         raise UserError("start every chain at a point of finite log density (check the inputs)")
@@ -221,6 +470,7 @@ def hmc(
     samples = thetas.new_empty(num_chains, num_samples, thetas.shape[1])
     kept_log_probs = log_probs.new_empty(num_chains, num_samples)
     accepted = torch.zeros(num_chains, device=thetas.device)
+    momentum_std = 1.0 if inverse_mass is None else inverse_mass.rsqrt()
     iterations = range(burn + num_samples * thin)
     if progress:
         from tqdm import tqdm
@@ -228,11 +478,11 @@ def hmc(
         iterations = tqdm(iterations, desc="hmc")
     for it in iterations:
         momenta = torch.randn(thetas.shape, generator=generator, device=thetas.device)
-        momenta = momenta.to(thetas.dtype)
-        energy = -log_probs + 0.5 * momenta.pow(2).sum(1)
-        new = leapfrog(grad_fn, thetas, momenta, grads, step_size, num_leapfrog)
+        momenta = momenta.to(thetas.dtype) * momentum_std
+        energy = _energy(log_probs, momenta, inverse_mass)
+        new = trajectory(thetas, momenta, grads, step_size, num_leapfrog, inverse_mass)
         new_thetas, new_momenta, new_log_probs, new_grads = new
-        new_energy = -new_log_probs + 0.5 * new_momenta.pow(2).sum(1)
+        new_energy = _energy(new_log_probs, new_momenta, inverse_mass)
         log_u = torch.rand(num_chains, generator=generator, device=thetas.device).log()
         # NaN energies (diverged trajectories) compare False: rejected.
         accept = log_u < (energy - new_energy).to(log_u.dtype)
@@ -247,6 +497,14 @@ def hmc(
                 kept_log_probs[:, index] = log_probs
     acceptance = accepted / (num_samples * thin)
     return HMCResult(samples, kept_log_probs, acceptance)
+
+
+def _energy(log_probs: Tensor, momenta: Tensor, inverse_mass: Tensor | None) -> Tensor:
+    """`H = -log p(θ) + pᵀM⁻¹p/2` in float64: `[C]`."""
+    squares = momenta.double().pow(2)
+    if inverse_mass is not None:
+        squares = squares * inverse_mass.double()
+    return 0.5 * squares.sum(1) - log_probs.double()
 
 
 def split_rhat(values: Tensor) -> Tensor:
