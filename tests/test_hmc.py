@@ -7,13 +7,24 @@ import torch
 from torch import nn
 
 from swag.errors import UserError
-from swag.posteriors.hmc import FlatModel, gaussian_log_posterior, hmc, split_rhat
+from swag.posteriors.ensembles import train_members
+from swag.posteriors.hmc import (
+    FlatModel,
+    gaussian_log_posterior,
+    hmc,
+    mlp_log_prob_and_grad,
+    mlp_widths,
+    split_rhat,
+)
 
 NOISE_VAR, PRIOR_VAR = 0.25, 4.0
 
 
-def linear_problem():
-    """`nn.Linear(2, 1)` on features [x, x²]: flat θ = (w_x, w_x², b), a Gaussian posterior."""
+def linear_problem(sequential: bool = False):
+    """`nn.Linear(2, 1)` on features [x, x²]: flat θ = (w_x, w_x², b), a Gaussian posterior.
+
+    `sequential=True` wraps it as `nn.Sequential(nn.Linear(2, 1))`, a Linear/ReLU stack with no
+    hidden layer, which takes the hand-written gradient instead of autograd."""
     generator = torch.Generator().manual_seed(0)
     x = torch.linspace(-1.5, 1.5, 30, dtype=torch.float64)
     inputs = torch.stack([x, x**2], 1)
@@ -24,12 +35,17 @@ def linear_problem():
     cov = torch.linalg.inv(precision)
     mean = cov @ design.T @ targets[:, 0] / NOISE_VAR
     model = nn.Linear(2, 1).double()
+    if sequential:
+        model = nn.Sequential(model)
     return FlatModel(model), inputs, targets, mean, cov
 
 
-def sample_linear(temperature: float, num_chains: int = 40, num_samples: int = 250):
-    flat, inputs, targets, mean, cov = linear_problem()
+def sample_linear(
+    temperature: float, num_chains: int = 40, num_samples: int = 250, sequential: bool = False
+):
+    flat, inputs, targets, mean, cov = linear_problem(sequential)
     log_prob = gaussian_log_posterior(flat, inputs, targets, NOISE_VAR, PRIOR_VAR, temperature)
+    assert (log_prob.widths is not None) == sequential
     # Step 0.4 × the smallest posterior std; trajectory length ≈ 1.6 × the smallest std.
     step = 0.4 * (temperature * torch.linalg.eigvalsh(cov)[0]).sqrt().item()
     start = torch.zeros(num_chains, 3, dtype=torch.float64)
@@ -50,8 +66,9 @@ def check_moments(samples: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) 
     assert (sample_corr - corr).abs().max() < 0.1
 
 
-def test_linear_regression_matches_closed_form_posterior():
-    result, mean, cov = sample_linear(temperature=1.0)
+@pytest.mark.parametrize("sequential", [False, True], ids=["autograd", "hand-written"])
+def test_linear_regression_matches_closed_form_posterior(sequential):
+    result, mean, cov = sample_linear(temperature=1.0, sequential=sequential)
     assert result.samples.shape == (40, 250, 3)
     assert result.acceptance.min() > 0.6
     check_moments(result.samples, mean, cov)
@@ -154,3 +171,99 @@ def test_compiled_gradients_match_eager():
     runs = [hmc(log_prob, start, 0.05, 5, 5, generator=torch.Generator().manual_seed(0),
                 compile=compile) for compile in (False, True)]  # fmt: skip
     torch.testing.assert_close(runs[0].samples, runs[1].samples)
+
+
+def mlp_problem(num_chains: int = 5, dtype=torch.float64):
+    """A 3→6→5→2 ReLU MLP (two outputs) on 9 points, and `num_chains` parameter vectors."""
+    generator = torch.Generator().manual_seed(3)
+    model = nn.Sequential(
+        nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2)
+    ).to(dtype)
+    flat = FlatModel(model)
+    inputs = torch.randn(9, 3, generator=generator).to(dtype)
+    targets = torch.randn(9, 2, generator=generator).to(dtype)
+    thetas = torch.randn(num_chains, flat.dim, generator=generator).to(dtype)
+    return flat, inputs, targets, thetas
+
+
+def test_mlp_widths_recognises_only_linear_relu_stacks():
+    assert mlp_widths(mlp_problem()[0].model) == (3, 6, 5, 2)
+    assert mlp_widths(nn.Sequential(nn.Linear(2, 1))) == (2, 1)
+    assert mlp_widths(nn.Linear(2, 1)) is None
+    assert mlp_widths(nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1))) is None
+    assert mlp_widths(nn.Sequential(nn.Linear(2, 3), nn.ReLU())) is None
+    assert mlp_widths(nn.Sequential(nn.Linear(2, 1, bias=False))) is None
+
+
+@pytest.mark.parametrize("prior_var", [0.5, None])
+def test_hand_written_gradient_matches_autograd(prior_var):
+    flat, inputs, targets, thetas = mlp_problem()
+    log_prob = gaussian_log_posterior(flat, inputs, targets, 0.3, prior_var, temperature=2.0)
+    thetas.requires_grad_(True)
+    expected = log_prob(thetas)  # the generic functional_call path
+    (expected_grads,) = torch.autograd.grad(expected.sum(), thetas)
+    values, grads = mlp_log_prob_and_grad(
+        thetas.detach().T, inputs.T[:, :, None], targets.T[:, :, None], (3, 6, 5, 2),
+        1 / (0.3 * 2.0), 0.0 if prior_var is None else 1 / (prior_var * 2.0),
+    )  # fmt: skip
+    torch.testing.assert_close(values, expected.detach())
+    torch.testing.assert_close(grads.T, expected_grads)
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_fused_mlp_path_gives_the_generic_samples(compile):
+    # Same seeds, same momenta: the chains differ only by float rounding, in float32 as run.
+    flat, inputs, targets, thetas = mlp_problem(num_chains=4, dtype=torch.float32)
+    inverse_mass = torch.rand(flat.dim, generator=torch.Generator().manual_seed(0)) + 0.5
+    runs = []
+    for hand in (False, True):
+        log_prob = gaussian_log_posterior(flat, inputs, targets, 0.3, 1.0, hand_gradient=hand)
+        generator = torch.Generator().manual_seed(5)
+        runs.append(hmc(log_prob, thetas * 0.3, 0.1, 5, 6, burn=1, compile=compile and hand,
+                        generator=generator, inverse_mass=inverse_mass))  # fmt: skip
+    assert 0 < runs[0].acceptance.mean() < 1  # both branches of the accept step are taken
+    torch.testing.assert_close(runs[1].samples, runs[0].samples, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(runs[1].log_probs, runs[0].log_probs, rtol=1e-4, atol=1e-4)
+    assert torch.equal(runs[1].acceptance, runs[0].acceptance)
+
+
+def test_ascend_is_sgd_on_the_mean_squared_error():
+    # Pre-training: SGD at lr on mean squared error / (2σ²) (train_members, autograd) equals
+    # gradient ascent on the flat-prior log likelihood at lr / (N·out).
+    flat, inputs, targets, thetas = mlp_problem()
+    expected = train_members(flat, thetas, inputs, targets, 20, 0.01, 0.3)
+    likelihood = gaussian_log_posterior(flat, inputs, targets, 0.3, None)
+    torch.testing.assert_close(likelihood.ascend(thetas, 20, 0.01 / targets.numel()), expected)
+
+
+def test_curvature_diagonal_of_linear_model_is_exact_precision():
+    # For a linear model the Gauss-Newton matrix is the exact posterior precision.
+    flat, inputs, targets, mean, cov = linear_problem(sequential=True)
+    log_prob = gaussian_log_posterior(flat, inputs, targets, NOISE_VAR, PRIOR_VAR)
+    diagonal = log_prob.curvature_diagonal(torch.randn(2, 3, dtype=torch.float64))
+    torch.testing.assert_close(diagonal, torch.linalg.inv(cov).diagonal().expand(2, 3))
+
+
+def test_diagonal_mass_matrix_samples_a_badly_scaled_gaussian():
+    # Scales 1e-3 .. 10: with identity mass, ε must be < 2e-3 and the wide coordinate does not
+    # move in 200 trajectories; with M⁻¹ = the variances, ε = 0.3 mixes every coordinate.
+    stds = torch.tensor([1e-3, 0.1, 1.0, 10.0], dtype=torch.float64)
+    start = torch.randn(8, 4, generator=torch.Generator().manual_seed(0)).double() * stds
+    run = hmc(gaussian_target(stds), start, 0.3, 6, 1500, burn=100,
+              generator=torch.Generator().manual_seed(1), inverse_mass=stds**2)  # fmt: skip
+    assert run.acceptance.min() > 0.8
+    assert split_rhat(run.samples).max() < 1.01
+    draws = run.samples.reshape(-1, 4)
+    # 12,000 autocorrelated draws: the std of each coordinate within 5%.
+    assert ((draws.std(0) / stds) - 1).abs().max() < 0.05
+    identity = hmc(
+        gaussian_target(stds), start, 0.3, 6, 50, generator=torch.Generator().manual_seed(1)
+    )
+    assert identity.acceptance.max() < 0.1
+
+
+def test_bad_inverse_mass_raises_user_error():
+    stds = torch.ones(3)
+    for bad in (torch.ones(2), -torch.ones(3), torch.ones(4, 3)):
+        with pytest.raises(UserError):
+            hmc(gaussian_target(stds), torch.zeros(2, 3), 0.1, 5, 10, inverse_mass=bad)
