@@ -131,6 +131,10 @@ class HMCConfig:
     thin: int = 1
     pretrain_steps: int = 3000  # full-batch SGD on mean squared error / (2σ²), no prior
     pretrain_lr: float = 5e-6
+    # "identity", or "ggn": diagonal M⁻¹ = 1 / (Gauss-Newton diagonal of -log p_T), taken at
+    # each chain's start for the burn-in, then fixed at where the burn-in ended; step_size is
+    # then in units of the local posterior std (not comparable with the originals' steps)
+    mass: str = "identity"
 
 
 @dataclass(frozen=True)
@@ -241,7 +245,7 @@ def run_hmc(
 ) -> HMCResult:
     """Pre-trains `num_chains` (default `config.num_chains`) nets and runs HMC from them.
 
-    `compile` uses `torch.compile` for the gradients (see `swag.posteriors.hmc.value_and_grad`).
+    `compile` uses `torch.compile` for the fused leapfrog steps (see `swag.posteriors.hmc`).
     """
     flat = FlatModel(RegressionNet().to(data.inputs.device))
     num_chains = num_chains or config.num_chains
@@ -257,19 +261,23 @@ def run_hmc(
     log_prob = gaussian_log_posterior(
         flat, data.inputs, data.targets, config.noise_var, config.prior_var, config.temperature
     )
+    if config.mass not in ("identity", "ggn"):
+        raise UserError(f"pass mass 'identity' or 'ggn', not {config.mass!r}")
     generator = torch.Generator(data.inputs.device).manual_seed(seed)
-    return hmc(
-        log_prob,
-        starts,
-        config.step_size,
-        config.num_leapfrog,
-        config.num_samples,
-        burn=config.burn,
-        thin=config.thin,
-        generator=generator,
-        progress=progress,
-        compile=compile,
-    )
+
+    def sample(starts: Tensor, num_samples: int, burn: int, inverse_mass: Tensor | None):
+        return hmc(
+            log_prob, starts, config.step_size, config.num_leapfrog, num_samples, burn=burn,
+            thin=config.thin, generator=generator, progress=progress, compile=compile,
+            inverse_mass=inverse_mass,
+        )  # fmt: skip
+
+    if config.mass == "identity":
+        return sample(starts, config.num_samples, config.burn, None)
+    if config.burn:  # the curvature changes as the chains leave the pre-trained starts
+        burn_in = sample(starts, config.burn, 0, 1 / log_prob.curvature_diagonal(starts))
+        starts = burn_in.samples[:, -1]
+    return sample(starts, config.num_samples, 0, 1 / log_prob.curvature_diagonal(starts))
 
 
 def run_ensemble(

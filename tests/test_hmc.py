@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
+from swag import regression1d
 from swag.errors import UserError
 from swag.posteriors.ensembles import train_members
 from swag.posteriors.hmc import (
@@ -267,3 +271,16 @@ def test_bad_inverse_mass_raises_user_error():
     for bad in (torch.ones(2), -torch.ones(3), torch.ones(4, 3)):
         with pytest.raises(UserError):
             hmc(gaussian_target(stds), torch.zeros(2, 3), 0.1, 5, 10, inverse_mass=bad)
+
+
+def test_run_hmc_with_curvature_mass_matrix():
+    data = regression1d.load_data(Path(__file__).parents[1] / "experiments/deep_ensembles/data.npz")
+    config = dataclasses.replace(
+        regression1d.get_config("2020-12").hmc, step_size=0.002, num_leapfrog=5, num_samples=3,
+        burn=2, pretrain_steps=10, mass="ggn",
+    )  # fmt: skip
+    result = regression1d.run_hmc(config, data, num_chains=4)
+    assert result.samples.shape == (4, 3, 261)
+    assert result.acceptance.mean() > 0.5
+    with pytest.raises(UserError):
+        regression1d.run_hmc(dataclasses.replace(config, mass="dense"), data, num_chains=4)

@@ -48,6 +48,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--step_size", type=float, default=None, help="override HMC step size")
     parser.add_argument("--num_leapfrog", type=int, default=None, help="override HMC L")
+    parser.add_argument("--burn", type=int, default=None, help="override HMC burn-in")
+    parser.add_argument(
+        "--mass", default=None, choices=["identity", "ggn"], help="HMC mass matrix (identity)"
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the gradients")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny matrices)")
     parser.add_argument("--reuse", action="store_true", help="reuse --dir/predictions.npz")
@@ -63,6 +67,9 @@ def scaled_config(args: argparse.Namespace) -> regression1d.ExperimentConfig:
             hmc = dataclasses.replace(hmc, **{name: getattr(args, name)})
     if args.num_samples is not None:
         hmc = dataclasses.replace(hmc, num_samples=args.num_samples, burn=min(hmc.burn, 2))
+    for name in ("burn", "mass"):
+        if getattr(args, name) is not None:
+            hmc = dataclasses.replace(hmc, **{name: getattr(args, name)})
     ensemble = config.ensemble
     if args.ensemble_steps is not None:
         ensemble = dataclasses.replace(ensemble, num_steps=args.ensemble_steps)
