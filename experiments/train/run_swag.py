@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from swag import cli, data, metrics, models, training  # noqa: E402
+from swag import cli, data, metrics, models, speed, training  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 from swag.posteriors import SWAG  # noqa: E402
 
@@ -75,7 +75,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--inference", default="low_rank_gaussian")
     parser.add_argument("--subspace", default="covariance")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for forward passes")
+    speed_flags = parser.add_argument_group("speed (see benchmarks/README.md)")
+    speed_flags.add_argument(
+        "--bf16", action=argparse.BooleanOptionalAction, default=None,
+        help="bfloat16 autocast of forward/backward matrix products (default: on where the "
+        "device has fast bf16; weights, optimiser state and SWAG moments stay full precision)",
+    )  # fmt: skip
+    speed_flags.add_argument(
+        "--channels_last", action=argparse.BooleanOptionalAction, default=True,
+        help="channels_last memory format for images and convolutions (default: on)",
+    )  # fmt: skip
+    speed_flags.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     cli.add_runtime_arguments(parser)
     args = parser.parse_args(argv)
     validate(args)
@@ -146,15 +156,13 @@ def setup(args: argparse.Namespace, device: torch.device) -> dict:
         args.dataset, args.data_path, args.batch_size, args.num_workers, spec.preset,
         use_validation=not args.use_test, split_classes=args.split_classes,
         download=args.download, label_arr=args.label_arr, loader=args.loader, device=device,
-        seed=args.seed,
+        seed=args.seed, memory_format=speed.memory_format(args.channels_last),
     )  # fmt: skip
-    model = spec.build(num_classes).to(device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=args.lr_init, momentum=args.momentum, weight_decay=args.wd
-    )
+    model = speed.prepare_model(spec.build(num_classes), device, args.channels_last)
+    optimizer = speed.make_sgd(model.parameters(), args.lr_init, args.momentum, args.wd, "fused")
     swag_model = None
     if args.swag:
-        swag_base = spec.build(num_classes).to(device)
+        swag_base = speed.prepare_model(spec.build(num_classes), device, args.channels_last)
         swag_model = SWAG(swag_base, args.max_num_models, cov_mat=args.cov_mat)
     ensemble = metrics.RunningEnsemble(loaders["test"].num_examples, num_classes)
     config = {"model": args.model, "num_classes": num_classes, "args": vars(args)}
@@ -214,6 +222,9 @@ def save(out: Path, run: dict, epoch: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = cli.resolve_device(args.device)
+    speed.set_threads(args.threads)
+    if args.bf16 is None:
+        args.bf16 = speed.bf16_supported(device)
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
@@ -224,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         truncate_metrics_log(out / "metrics.jsonl", start_epoch)
     else:
         save(out, run, 0)
-    cli.record_invocation(out, args, __file__, argv)  # once the inputs proved good: a failed start clobbers nothing
+    cli.record_invocation(
+        out, args, __file__, argv
+    )  # once the inputs proved good: a failed start clobbers nothing
     last_good = start_epoch
     with (out / "metrics.jsonl").open("a") as log:
         for epoch in range(start_epoch, args.epochs):
