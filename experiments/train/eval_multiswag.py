@@ -80,10 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     cli.add_runtime_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        models.get_model(args.model)
-    except models.UnknownModelError as error:  # a KeyError, not a UserError, in the registry
-        raise UserError(str(error)) from None
+    models.get_model(args.model)  # an unknown name raises UserError listing the choices
     if args.bn_subset is not None and args.bn_subset < 1:
         raise UserError(f"--bn_subset must be a positive number of images, got {args.bn_subset}")
     for path in args.swag_ckpts:
