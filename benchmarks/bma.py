@@ -59,12 +59,16 @@ def make_loader(images, targets, preset, batch_size, train, kind, memory_format,
     )
 
 
-def seconds_per_sample(swag, test_sets, bn_loader, bn_subset, samples) -> dict[str, float]:
+def seconds_per_sample(
+    swag, test_sets, bn_loader, bn_subset, samples, bf16=False
+) -> dict[str, float]:
     posterior = SWAGPosterior(swag)
     with torch.no_grad():  # warm-up: one batch of each loader (allocator, oneDNN kernels)
         for loader in [*test_sets.values(), *([bn_loader] if bn_loader is not None else [])]:
             swag.base_model(next(iter(loader))[0])
-    result = bayesian_model_average([posterior], test_sets, samples, "cpu", bn_loader, bn_subset)
+    result = bayesian_model_average(
+        [posterior], test_sets, samples, "cpu", bn_loader, bn_subset, bf16=bf16
+    )
     return {k: v / samples for k, v in result.seconds.items()}
 
 
@@ -74,14 +78,16 @@ def lenet_rows(args) -> list[list]:
     images = torch.randint(0, 256, (10_000, 1, 28, 28), generator=g, dtype=torch.uint8)
     targets = torch.randint(0, 10, (10_000,), generator=g)
     rows = []
-    for kind, fmt, batch in (("torchvision", torch.contiguous_format, 128),
-                             ("fast", torch.contiguous_format, 1000),
-                             ("fast", CHANNELS_LAST, 1000)):  # fmt: skip
+    for kind, fmt, batch, bf16 in (("torchvision", torch.contiguous_format, 128, False),
+                                   ("fast", torch.contiguous_format, 1000, False),
+                                   ("fast", CHANNELS_LAST, 1000, False),
+                                   ("fast", CHANNELS_LAST, 1000, True)):  # fmt: skip
         swag = random_swag(spec.build(10).to(memory_format=fmt))
         test = make_loader(images, targets, spec.preset, batch, False, kind, fmt, args.workers)
-        s = seconds_per_sample(swag, {"clean": test}, None, None, args.samples)
+        s = seconds_per_sample(swag, {"clean": test}, None, None, args.samples, bf16)
         name = {"torchvision": "torchvision-pipeline", "fast": "fast"}[kind]
         name += "+channels_last" if fmt == CHANNELS_LAST else ""
+        name += "+bf16" if bf16 else ""
         rows.append(["LeNet5", name, s["bn_update"], s["predict"], sum(s.values()), 1.60])
         print(f"  {rows[-1][:2]}: {rows[-1][4]:.3f} s per sample", flush=True)
     return rows
@@ -90,12 +96,14 @@ def lenet_rows(args) -> list[list]:
 def preresnet_rows(args, train_images, train_targets, test_images, test_targets, swag_factory):
     spec = models.get_model("PreResNet20")
     rows = []
-    configs = [("torchvision", torch.contiguous_format, 128, None, 1),
-               ("fast", torch.contiguous_format, 1000, None, 1),
-               ("fast", CHANNELS_LAST, 1000, None, 1),
-               ("fast", CHANNELS_LAST, 1000, args.bn_subset, 1),
-               ("fast", CHANNELS_LAST, 1000, None, 4)]  # fmt: skip
-    for kind, fmt, batch, subset, k in configs:
+    configs = [("torchvision", torch.contiguous_format, 128, None, 1, False),
+               ("fast", torch.contiguous_format, 1000, None, 1, False),
+               ("fast", CHANNELS_LAST, 1000, None, 1, False),
+               ("fast", CHANNELS_LAST, 1000, None, 1, True),
+               ("fast", CHANNELS_LAST, 1000, args.bn_subset, 1, False),
+               ("fast", CHANNELS_LAST, 1000, args.bn_subset, 1, True),
+               ("fast", CHANNELS_LAST, 1000, None, 4, False)]  # fmt: skip
+    for kind, fmt, batch, subset, k, bf16 in configs:
         swag = swag_factory(fmt)
         bn = make_loader(
             train_images, train_targets, spec.preset, 128, True, kind, fmt, args.workers
@@ -103,9 +111,10 @@ def preresnet_rows(args, train_images, train_targets, test_images, test_targets,
         test = make_loader(test_images, test_targets, spec.preset, batch, False, kind, fmt,
                            args.workers)  # fmt: skip
         sets = {f"copy{i}": test for i in range(k)}
-        s = seconds_per_sample(swag, sets, bn, subset, args.samples)
+        s = seconds_per_sample(swag, sets, bn, subset, args.samples, bf16)
         name = {"torchvision": "torchvision-pipeline", "fast": "fast"}[kind]
         name += "+channels_last" if fmt == CHANNELS_LAST else ""
+        name += "+bf16" if bf16 else ""
         name += f"+bn_subset {subset}" if subset else ""
         name += f", {k} test sets" if k > 1 else ""
         rows.append(["PreResNet20", name, s["bn_update"], s["predict"], sum(s.values()), 6.1])
@@ -145,12 +154,13 @@ def bn_subset_nll(args, swag, train, test) -> list[list]:
     bn = data.TensorLoader(*train, spec.preset, 128, True, True, "cpu", 0, CHANNELS_LAST)
     test_loader = data.TensorLoader(*test, spec.preset, 1000, False, False, "cpu", 0, CHANNELS_LAST)
     rows = []
-    for subset in (None, args.bn_subset):
+    for subset, bf16 in ((None, False), (args.bn_subset, False), (None, True)):
         result = bayesian_model_average([SWAGPosterior(swag)], {"clean": test_loader},
-                                        args.nll_samples, "cpu", bn, subset, seed=0)  # fmt: skip
+                                        args.nll_samples, "cpu", bn, subset, seed=0,
+                                        bf16=bf16)  # fmt: skip
         probs, targets = result.member_probs["clean"][0], result.targets["clean"]
-        rows.append([subset or "full (5000)", metrics.nll(probs, targets),
-                     metrics.accuracy(probs, targets)])  # fmt: skip
+        label = (str(subset) if subset else "full (5000)") + (", bf16" if bf16 else "")
+        rows.append([label, metrics.nll(probs, targets), metrics.accuracy(probs, targets)])
     return rows
 
 

@@ -154,6 +154,7 @@ def update_bn(
     device: torch.device | str,
     subset: int | None = None,
     generator: torch.Generator | None = None,
+    bf16: bool = False,
 ) -> None:
     """Recompute BatchNorm running statistics as the example-weighted average over `loader`.
 
@@ -166,6 +167,7 @@ def update_bn(
         subset: use only this many examples: a fixed random subset (see
             `swag.data.TensorLoader.subset`) when the loader supports it, else its first batches.
         generator: chooses the subset when the loader supports fixed subsets.
+        bf16: run the convolutions under bfloat16 autocast (BatchNorm itself stays float32).
     """
     layers = _batchnorm_layers(model)
     if not layers:
@@ -184,7 +186,8 @@ def update_bn(
         batch = inputs.shape[0]
         for layer in layers:
             layer.momentum = batch / (seen + batch)
-        model(inputs.to(device, non_blocking=True))
+        with _autocast(device, bf16):
+            model(inputs.to(device, non_blocking=True))
         seen += batch
     for layer, momentum in zip(layers, momenta, strict=True):
         layer.momentum = momentum

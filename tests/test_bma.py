@@ -246,3 +246,19 @@ def test_max_num_models_keeps_the_most_recent_deviation_columns(tmp_path):
     posterior = next(iter(CheckpointMembers([path], "multiswag", _net, max_num_models=2)))
     assert posterior.swag.rank == 2
     torch.testing.assert_close(posterior.swag.deviations, swag.deviations[-2:])
+
+
+def test_bf16_autocast_changes_probabilities_only_at_bf16_precision():
+    """bf16 autocast runs the same draws and BN passes; probabilities agree to bf16 precision
+    (about 3 significant digits), so curves are comparable but not bit-identical."""
+    test_sets = {"clean": _batches(30, 10)}
+    runs = {}
+    for bf16 in (False, True):
+        bn_loader = _CountingLoader(_batches(40, 13))
+        runs[bf16] = bayesian_model_average(
+            [SWAGPosterior(_swag(1))], test_sets, 3, "cpu", bn_loader=bn_loader, seed=5, bf16=bf16
+        )
+        assert bn_loader.passes == 3
+    exact, low = runs[False].member_probs["clean"], runs[True].member_probs["clean"]
+    np.testing.assert_allclose(low, exact, atol=0.03)
+    assert not np.array_equal(low, exact)  # autocast really ran in bf16
