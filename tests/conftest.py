@@ -240,3 +240,29 @@ def tiny_svhn(monkeypatch):
     """Factory `(root, n_train=60, n_test=20, seed=0) -> TinyData` writing SVHN .mat files."""
     skip_md5(monkeypatch)
     return write_svhn
+
+
+LINEAR_NOISE_VAR, LINEAR_PRIOR_VAR = 0.25, 4.0
+
+
+def bayesian_linear_regression():
+    """A Bayesian linear regression on features [x, x²] with its closed-form posterior.
+
+    y = 0.7x − 0.4x² + 0.3 + N(0, 0.25) at 30 points on [−1.5, 1.5]; prior N(0, 4·I) on
+    θ = (w_x, w_x², b). Posterior precision Λ = XᵀX/σ² + I/σ_p², mean Λ⁻¹Xᵀy/σ².
+
+    Returns:
+        inputs [30, 2], targets [30, 1], design X [30, 3], precision Λ [3, 3], mean [3]
+        (float64).
+    """
+    generator = torch.Generator().manual_seed(0)
+    x = torch.linspace(-1.5, 1.5, 30, dtype=torch.float64)
+    inputs = torch.stack([x, x**2], 1)
+    targets = (0.7 * x - 0.4 * x**2 + 0.3)[:, None]
+    noise = torch.randn(targets.shape, generator=generator).double()
+    targets = targets + LINEAR_NOISE_VAR**0.5 * noise
+    design = torch.cat([inputs, torch.ones(30, 1, dtype=torch.float64)], 1)
+    identity = torch.eye(3, dtype=torch.float64)
+    precision = design.T @ design / LINEAR_NOISE_VAR + identity / LINEAR_PRIOR_VAR
+    mean = torch.linalg.solve(precision, design.T @ targets[:, 0] / LINEAR_NOISE_VAR)
+    return inputs, targets, design, precision, mean

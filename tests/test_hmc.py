@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import LINEAR_NOISE_VAR, LINEAR_PRIOR_VAR, bayesian_linear_regression
 from torch import nn
 
 from swag import regression1d
@@ -21,7 +22,7 @@ from swag.posteriors.hmc import (
     split_rhat,
 )
 
-NOISE_VAR, PRIOR_VAR = 0.25, 4.0
+NOISE_VAR, PRIOR_VAR = LINEAR_NOISE_VAR, LINEAR_PRIOR_VAR
 
 
 def linear_problem(sequential: bool = False):
@@ -29,15 +30,8 @@ def linear_problem(sequential: bool = False):
 
     `sequential=True` wraps it as `nn.Sequential(nn.Linear(2, 1))`, a Linear/ReLU stack with no
     hidden layer, which takes the hand-written gradient instead of autograd."""
-    generator = torch.Generator().manual_seed(0)
-    x = torch.linspace(-1.5, 1.5, 30, dtype=torch.float64)
-    inputs = torch.stack([x, x**2], 1)
-    targets = (0.7 * x - 0.4 * x**2 + 0.3)[:, None]
-    targets = targets + NOISE_VAR**0.5 * torch.randn(targets.shape, generator=generator).double()
-    design = torch.cat([inputs, torch.ones(30, 1, dtype=torch.float64)], 1)
-    precision = design.T @ design / NOISE_VAR + torch.eye(3, dtype=torch.float64) / PRIOR_VAR
+    inputs, targets, _, precision, mean = bayesian_linear_regression()
     cov = torch.linalg.inv(precision)
-    mean = cov @ design.T @ targets[:, 0] / NOISE_VAR
     model = nn.Linear(2, 1).double()
     if sequential:
         model = nn.Sequential(model)

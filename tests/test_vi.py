@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import LINEAR_NOISE_VAR, LINEAR_PRIOR_VAR, bayesian_linear_regression
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from swag.errors import UserError
 from swag.posteriors.vi import MeanFieldVI, gaussian_kl
 
-NOISE_VAR, PRIOR_VAR = 0.25, 4.0
-
-
-def linear_problem():
-    generator = torch.Generator().manual_seed(0)
-    x = torch.linspace(-1.5, 1.5, 30, dtype=torch.float64)
-    inputs = torch.stack([x, x**2], 1)
-    targets = (0.7 * x - 0.4 * x**2 + 0.3)[:, None]
-    targets = targets + NOISE_VAR**0.5 * torch.randn(targets.shape, generator=generator).double()
-    design = torch.cat([inputs, torch.ones(30, 1, dtype=torch.float64)], 1)
-    precision = design.T @ design / NOISE_VAR + torch.eye(3, dtype=torch.float64) / PRIOR_VAR
-    mean = torch.linalg.solve(precision, design.T @ targets[:, 0] / NOISE_VAR)
-    return inputs, targets, design, precision, mean
+NOISE_VAR, PRIOR_VAR = LINEAR_NOISE_VAR, LINEAR_PRIOR_VAR
+linear_problem = bayesian_linear_regression
 
 
 def test_kl_matches_torch_distributions():
