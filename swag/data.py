@@ -16,6 +16,7 @@ which is what makes `--resume` bit-identical.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,9 +160,16 @@ def augment_batch(
         images = torch.gather(padded, 1, index.reshape(batch, -1)).view(
             batch, channels, height, width
         )
-    mean = torch.tensor(preset.mean, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(preset.std, device=images.device).view(1, -1, 1, 1)
+    mean, std = _normalisation(preset, images.device)
     return images.float().mul_(1.0 / 255.0).sub_(mean).div_(std)
+
+
+@functools.cache
+def _normalisation(preset: InputPreset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The preset's mean and std as [1, C, 1, 1] tensors on `device`, built once per device."""
+    mean = torch.tensor(preset.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(preset.std, device=device).view(1, -1, 1, 1)
+    return mean, std
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
