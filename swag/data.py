@@ -25,10 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from swag import idx_format
 from swag.errors import UserError
 from swag.models.registry import InputPreset
 
 DATASETS = ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST", "SVHN")
+MNIST_FORMAT = ("MNIST", "FashionMNIST")  # idx files, read without torchvision
 SPLIT_CLASSES = ([0, 1, 2, 8, 9], [3, 4, 5, 6, 7])  # CIFAR-10 halves for --split_classes 0 / 1
 OFFLINE_HINT = "for the offline Fashion-MNIST, run `make data` and pass --data_path data"
 
@@ -57,6 +59,10 @@ def load_split(
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
     root = dataset_root(dataset, data_path)
+    idx_files = idx_format.split_files(root, dataset, train) if dataset in MNIST_FORMAT else None
+    if idx_files is not None:  # read directly: torchvision stays out of the process
+        images, labels = (torch.from_numpy(idx_format.read_idx(path).copy()) for path in idx_files)
+        return images.unsqueeze(1), labels.long()
     try:
         source = _torchvision_dataset(dataset, root, train, download)
     except RuntimeError as error:

@@ -341,3 +341,42 @@ def test_prepare_data_missing_source_exits_2(tmp_path, capsys):
     assert prepare_data.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "dataset-fashion-mnist" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("dataset", ["MNIST", "FashionMNIST"])
+@pytest.mark.parametrize("train", [True, False])
+def test_idx_reader_equals_torchvision(tmp_path, tiny_mnist, tiny_fashion_mnist, dataset, train):
+    import torchvision.datasets as tv
+
+    (tiny_mnist if dataset == "MNIST" else tiny_fashion_mnist)(tmp_path, n_train=40, n_test=12)
+    images, labels = data.load_split(dataset, tmp_path, train=train)
+    reference = getattr(tv, dataset)(str(tmp_path / dataset.lower()), train=train)
+    assert images.dtype == torch.uint8 and labels.dtype == torch.long
+    assert torch.equal(images, reference.data.unsqueeze(1))
+    assert torch.equal(labels, reference.targets.long())
+
+
+@pytest.mark.parametrize("damage", ["truncate", "magic"])
+def test_corrupt_idx_file_is_a_user_error(tmp_path, tiny_fashion_mnist, damage):
+    tiny_fashion_mnist(tmp_path, n_train=40, n_test=12)
+    path = tmp_path / "fashionmnist" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
+    payload = path.read_bytes()
+    path.write_bytes(payload[:-5] if damage == "truncate" else b"\x01" + payload[1:])
+    with pytest.raises(UserError, match="run `make data` again"):
+        data.load_split("FashionMNIST", tmp_path, train=True)
+
+
+def test_mnist_format_training_data_loads_without_torchvision(tmp_path, tiny_fashion_mnist):
+    """torchvision costs ~0.2 GiB of resident memory; the LeNet5 memory budget has no room."""
+    import subprocess
+    import sys
+
+    tiny_fashion_mnist(tmp_path, n_train=40, n_test=12)
+    code = (
+        "import sys; from swag import data, training, models, speed, posteriors; "
+        f"data.load_split('FashionMNIST', {str(tmp_path)!r}, train=True); "
+        "print('torchvision' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
