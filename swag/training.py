@@ -68,6 +68,40 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+LOSSES = ("CE", "adv_CE")  # the original's --loss choices
+
+
+def adversarial_cross_entropy(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    epsilon: float = 0.01,
+    bf16: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original's `--loss adv_CE`: clean and FGSM-perturbed cross-entropy, averaged.
+
+    Lakshminarayanan et al. (2017), Algorithm 1, with the step scaled by the batch's range:
+        x_adv = x + ε·(max x − min x)·sign(∇_x CE(f(x), y)),
+        loss  = ½·[CE(f(x), y) + CE(f(x_adv), y)].
+    x_adv is treated as data (no gradient flows through the attack into the weights).
+
+    Returns:
+        (loss, clean logits [B, C]).
+    """
+    device = inputs.device
+    inputs = inputs.detach().requires_grad_(True)
+    with _autocast(device, bf16):
+        logits = model(inputs)
+    clean_loss = F.cross_entropy(logits.float(), targets)
+    (input_grad,) = torch.autograd.grad(clean_loss, inputs, retain_graph=True)
+    step = epsilon * (inputs.detach().max() - inputs.detach().min())
+    adversarial_inputs = (inputs.detach() + step * input_grad.sign()).detach()
+    with _autocast(device, bf16):
+        adversarial_logits = model(adversarial_inputs)
+    adversarial_loss = F.cross_entropy(adversarial_logits.float(), targets)
+    return 0.5 * (clean_loss + adversarial_loss), logits
+
+
 def train_epoch(
     loader: Iterable,
     model: nn.Module,
@@ -77,8 +111,11 @@ def train_epoch(
     num_train: int | None = None,
     bf16: bool = False,
     progress=None,
+    loss: str = "CE",
 ) -> dict[str, float]:
     """One pass of SGD over `loader` with the mean cross-entropy (+ the prior penalty).
+
+    `loss="adv_CE"` trains on `adversarial_cross_entropy` instead (the original's option).
 
     Returns:
         {"loss": mean training loss including the prior penalty, "accuracy": fraction}.
@@ -86,6 +123,8 @@ def train_epoch(
     Raises:
         DivergenceError: the loss became non-finite during the epoch.
     """
+    if loss not in LOSSES:
+        raise UserError(f"unknown --loss {loss!r}; choose one of: {', '.join(LOSSES)}")
     device = torch.device(device)
     model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -94,15 +133,18 @@ def train_epoch(
     for inputs, targets in loader:
         inputs = inputs.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        with _autocast(device, bf16):
-            logits = model(inputs)
-        loss = F.cross_entropy(logits.float(), targets)
+        if loss == "adv_CE":
+            batch_loss, logits = adversarial_cross_entropy(model, inputs, targets, bf16=bf16)
+        else:
+            with _autocast(device, bf16):
+                logits = model(inputs)
+            batch_loss = F.cross_entropy(logits.float(), targets)
         if prior_var is not None:
-            loss = loss + gaussian_prior_penalty(model, prior_var, num_train)
+            batch_loss = batch_loss + gaussian_prior_penalty(model, prior_var, num_train)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        batch_loss.backward()
         optimizer.step()
-        loss_sum += loss.detach() * targets.shape[0]
+        loss_sum += batch_loss.detach() * targets.shape[0]
         correct += (logits.detach().argmax(1) == targets).sum()
         seen += targets.shape[0]
         if progress is not None:

@@ -80,6 +80,20 @@ def test_outputs_of_an_swag_run(e2e, fmnist):
     assert rows[0]["lr"] == pytest.approx(0.05) and rows[2]["lr"] == pytest.approx(0.01)
 
 
+def test_adversarial_loss_run_trains_and_differs_from_plain_cross_entropy(tmp_path, fmnist):
+    """--loss adv_CE (the original's FGSM option) through the whole script, on CPU."""
+    finals = {}
+    for loss in ("CE", "adv_CE"):
+        out = tmp_path / loss
+        args = base_args(out, fmnist.data_path, "--epochs", "2", "--loss", loss, *SWAG_ARGS)
+        assert run_swag.main(args) == 0
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert rows[-1]["tr_loss"] < rows[0]["tr_loss"] and rows[-1]["te_acc"] > 20  # chance: 10
+        assert json.loads((out / "config.json").read_text())["loss"] == loss
+        finals[loss] = torch.load(out / "checkpoint-2.pt", weights_only=True)["state_dict"]
+    assert not torch.equal(finals["CE"]["fc_part.0.weight"], finals["adv_CE"]["fc_part.0.weight"])
+
+
 def test_swag_moments_are_those_of_the_saved_iterates(e2e):
     """Collection after epochs 2 and 3 (epoch + 1 > swag_start = 1): their checkpoints."""
     model = models.get_model("LeNet5").build(10)

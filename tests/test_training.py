@@ -293,3 +293,43 @@ def test_load_checkpoint_bad_files_are_user_errors(tmp_path, kind, message):
 def test_load_model_state_of_another_model_is_a_user_error():
     with pytest.raises(UserError, match="different model"):
         training.load_model_state(nn.Linear(3, 2), nn.Linear(3, 4).state_dict(), "ckpt.pt")
+
+
+def test_adversarial_cross_entropy_matches_the_closed_form_fgsm_step():
+    """Softmax regression: ∇_x CE(Wx + b, y) = Wᵀ(softmax(Wx + b) − onehot(y)) per example."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).double()
+    x, y = torch.randn(10, 4, dtype=torch.float64), torch.arange(10) % 3
+    loss, logits = training.adversarial_cross_entropy(model, x, y, epsilon=0.05)
+    with torch.no_grad():
+        weight, bias = model.weight, model.bias
+        input_grad = (torch.softmax(x @ weight.T + bias, 1) - F.one_hot(y, 3)) @ weight / 10
+        x_adv = x + 0.05 * (x.max() - x.min()) * input_grad.sign()
+        expected = 0.5 * (F.cross_entropy(x @ weight.T + bias, y)
+                          + F.cross_entropy(x_adv @ weight.T + bias, y))  # fmt: skip
+    assert loss.item() == pytest.approx(float(expected), rel=1e-6)  # the loss is float32
+    torch.testing.assert_close(logits.detach(), x @ weight.T.detach() + bias.detach())
+    assert loss.item() > F.cross_entropy(logits.detach(), y).item()  # the attack raises it
+    loss.backward()  # weight gradients: clean and adversarial terms, attack held fixed
+    x_adv = x_adv.detach()
+    w, b = weight.detach().clone().requires_grad_(), bias.detach().clone().requires_grad_()
+    reference = 0.5 * (F.cross_entropy(x @ w.T + b, y) + F.cross_entropy(x_adv @ w.T + b, y))
+    reference.backward()
+    torch.testing.assert_close(model.weight.grad, w.grad)
+    torch.testing.assert_close(model.bias.grad, b.grad)
+
+
+def test_train_epoch_with_adversarial_loss_reports_it_and_learns():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3))
+    frozen = torch.optim.SGD(model.parameters(), lr=0.0)
+    loader = blob_loader(num=32, batch=32)
+    result = training.train_epoch(loader, model, frozen, "cpu", loss="adv_CE")
+    expected, _ = training.adversarial_cross_entropy(model, *loader[0])
+    assert result["loss"] == pytest.approx(expected.item(), rel=1e-6)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    losses = [training.train_epoch(blob_loader(), model, optimizer, "cpu", loss="adv_CE")["loss"]
+              for _ in range(5)]  # fmt: skip
+    assert losses[-1] < 0.5 * losses[0]
+    with pytest.raises(UserError, match="unknown --loss 'hinge'"):
+        training.train_epoch(loader, model, optimizer, "cpu", loss="hinge")
