@@ -8,7 +8,7 @@ Targets: >= 3x faster on both with the same semantics; >= 10x for PreResNet20 wi
 Rows:
   torchvision-pipeline  this project's BMA with the original data pipeline (DataLoader, PIL
                         transforms, batch 128 for BN and prediction): the same-machine baseline;
-  fast                  tensor-resident loaders, BN batch 128 (same semantics), scoring batch 1000;
+  fast                  tensor-resident loaders, BN batch 128 (same semantics), scoring batch 256;
   fast+channels_last    the same with channels-last memory format;
   +bn_subset N          BN statistics from a fixed random subset of N training images;
   k test sets           k copies of the test set scored per sample (BN time must not grow).
@@ -36,6 +36,7 @@ from swag.bma import SWAGPosterior, bayesian_model_average  # noqa: E402
 from swag.posteriors import SWAG  # noqa: E402
 
 CHANNELS_LAST = torch.channels_last
+SCORING_BATCH = 256  # eval_multiswag.py's --eval_batch_size; 1,000 is 1.5x slower on this CPU
 
 
 def random_swag(model: torch.nn.Module, rank: int = 20, seed: int = 0) -> SWAG:
@@ -79,9 +80,9 @@ def lenet_rows(args) -> list[list]:
     targets = torch.randint(0, 10, (10_000,), generator=g)
     rows = []
     for kind, fmt, batch, bf16 in (("torchvision", torch.contiguous_format, 128, False),
-                                   ("fast", torch.contiguous_format, 1000, False),
-                                   ("fast", CHANNELS_LAST, 1000, False),
-                                   ("fast", CHANNELS_LAST, 1000, True)):  # fmt: skip
+                                   ("fast", torch.contiguous_format, SCORING_BATCH, False),
+                                   ("fast", CHANNELS_LAST, SCORING_BATCH, False),
+                                   ("fast", CHANNELS_LAST, SCORING_BATCH, True)):  # fmt: skip
         swag = random_swag(spec.build(10).to(memory_format=fmt))
         test = make_loader(images, targets, spec.preset, batch, False, kind, fmt, args.workers)
         s = seconds_per_sample(swag, {"clean": test}, None, None, args.samples, bf16)
@@ -97,12 +98,12 @@ def preresnet_rows(args, train_images, train_targets, test_images, test_targets,
     spec = models.get_model("PreResNet20")
     rows = []
     configs = [("torchvision", torch.contiguous_format, 128, None, 1, False),
-               ("fast", torch.contiguous_format, 1000, None, 1, False),
-               ("fast", CHANNELS_LAST, 1000, None, 1, False),
-               ("fast", CHANNELS_LAST, 1000, None, 1, True),
-               ("fast", CHANNELS_LAST, 1000, args.bn_subset, 1, False),
-               ("fast", CHANNELS_LAST, 1000, args.bn_subset, 1, True),
-               ("fast", CHANNELS_LAST, 1000, None, 4, False)]  # fmt: skip
+               ("fast", torch.contiguous_format, SCORING_BATCH, None, 1, False),
+               ("fast", CHANNELS_LAST, SCORING_BATCH, None, 1, False),
+               ("fast", CHANNELS_LAST, SCORING_BATCH, None, 1, True),
+               ("fast", CHANNELS_LAST, SCORING_BATCH, args.bn_subset, 1, False),
+               ("fast", CHANNELS_LAST, SCORING_BATCH, args.bn_subset, 1, True),
+               ("fast", CHANNELS_LAST, SCORING_BATCH, None, 4, False)]  # fmt: skip
     for kind, fmt, batch, subset, k, bf16 in configs:
         swag = swag_factory(fmt)
         bn = make_loader(
@@ -152,7 +153,8 @@ def bn_subset_nll(args, swag, train, test) -> list[list]:
     """NLL and accuracy of an S-sample SWAG average with the full BN pass and with a subset."""
     spec = models.get_model("PreResNet20")
     bn = data.TensorLoader(*train, spec.preset, 128, True, True, "cpu", 0, CHANNELS_LAST)
-    test_loader = data.TensorLoader(*test, spec.preset, 1000, False, False, "cpu", 0, CHANNELS_LAST)
+    test_loader = data.TensorLoader(*test, spec.preset, SCORING_BATCH, False, False, "cpu", 0,
+                                    CHANNELS_LAST)  # fmt: skip
     rows = []
     for subset, bf16 in ((None, False), (args.bn_subset, False), (None, True)):
         result = bayesian_model_average([SWAGPosterior(swag)], {"clean": test_loader},
