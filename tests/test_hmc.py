@@ -13,14 +13,8 @@ from torch import nn
 from swag import regression1d
 from swag.errors import UserError
 from swag.posteriors.ensembles import train_members
-from swag.posteriors.hmc import (
-    FlatModel,
-    gaussian_log_posterior,
-    hmc,
-    mlp_log_prob_and_grad,
-    mlp_widths,
-    split_rhat,
-)
+from swag.posteriors.hmc import FlatModel, gaussian_log_posterior, hmc, split_rhat
+from swag.posteriors.mlp_gradient import mlp_log_prob_and_grad, mlp_widths
 
 NOISE_VAR, PRIOR_VAR = LINEAR_NOISE_VAR, LINEAR_PRIOR_VAR
 
