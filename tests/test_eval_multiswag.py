@@ -211,3 +211,41 @@ def test_severity_table_averages_over_corruptions():
     table = plot.severity_table(curves, plot.panels(list(curves["ensemble"]), None, None), "nll")
     assert "| Deep Ensembles | clean | 1.0000 | 0.5000 |" in table
     assert "| Deep Ensembles | 1 (mean of 2) | 3.0000 | 1.5000 |" in table
+
+
+def _write_cache(folder: Path, true_class_probs: dict[str, np.ndarray]) -> None:
+    """A probs_<method>/ cache: p(true class) per [member, sample] for 2 examples of class 0."""
+    folder.mkdir(parents=True)
+    for name, p in true_class_probs.items():
+        p = np.asarray(p, np.float16)[..., None, None].repeat(2, axis=2)  # [M, S, N=2, 1]
+        np.save(folder / f"{name}.npy", np.concatenate([p, 1 - p], axis=3))  # [M, S, 2, C=2]
+    np.savez(folder / "targets.npz", **{name: np.zeros(2, np.int64) for name in true_class_probs})
+
+
+def test_member_nll_table_by_hand(tmp_path, capsys):
+    """Member NLL = −log(mean over its samples of p(true)); severities average corruptions."""
+    _write_cache(tmp_path / "probs_multiswag", {
+        "clean": [[0.5, 0.75], [0.25, 0.25]],
+        "blur_5": [[0.5, 0.5], [0.125, 0.125]],
+        "noise_5": [[0.25, 0.25], [0.5, 0.5]],
+    })  # fmt: skip
+    _write_cache(tmp_path / "probs_ensemble", {
+        "clean": [[0.5], [0.25]], "blur_5": [[0.25], [0.125]], "noise_5": [[0.25], [0.25]]
+    })  # fmt: skip
+    caches = [str(tmp_path / "probs_ensemble"), str(tmp_path / "probs_multiswag")]
+    assert _script("member_nll").main(["--caches", *caches]) == 0
+    rows = {
+        tuple(cell.strip() for cell in line.strip("|").split("|")[:2]):
+        [float(cell) for cell in line.strip("|").split("|")[2:]]
+        for line in capsys.readouterr().out.splitlines()[2:]
+    }  # fmt: skip
+    np.testing.assert_allclose(rows["clean", "MultiSWAG"],
+                               [-np.log(0.625), -np.log(0.25), -np.log(0.625 * 0.25) / 2],
+                               atol=1e-4)  # fmt: skip
+    sev5_de = [-(np.log(0.25) + np.log(0.25)) / 2, -(np.log(0.125) + np.log(0.25)) / 2]
+    sev5_mswag = [-(np.log(0.5) + np.log(0.25)) / 2, -(np.log(0.125) + np.log(0.5)) / 2]
+    np.testing.assert_allclose(rows["severity 5", "DE"][:2], sev5_de, atol=1e-4)
+    np.testing.assert_allclose(rows["severity 5", "DE − MultiSWAG"][:2],
+                               np.subtract(sev5_de, sev5_mswag), atol=1e-4)  # fmt: skip
+    with pytest.raises(UserError, match="probs_<method>"):
+        _script("member_nll").main(["--caches", str(tmp_path)])
