@@ -16,10 +16,8 @@ from swag.bma import (
     SWAGPosterior,
     SWAPosterior,
     bayesian_model_average,
-    load_probability_cache,
-    prefix_metrics,
-    temperature_scaled_curves,
 )
+from swag.bma_results import load_probability_cache, prefix_metrics, temperature_scaled_curves
 from swag.errors import UserError
 from swag.posteriors import SWAG
 from swag.training import save_checkpoint

@@ -26,8 +26,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from swag import bma, cli, data, models  # noqa: E402
-from swag.bma import METHODS, METRICS  # noqa: E402
+from swag import bma, bma_results, cli, data, models  # noqa: E402
+from swag.bma import METHODS  # noqa: E402
+from swag.bma_results import METRICS  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 from swag.shift import load_shifted  # noqa: E402
 
@@ -163,15 +164,15 @@ def main(argv: list[str] | None = None) -> int:
         "bn_subset": args.bn_subset, "seed": args.seed, "curves": curves,
         "seconds_per_sample": {k: v / draws for k, v in result.seconds.items()},
     }  # fmt: skip
-    rows = bma.curve_rows(curves, method=args.method, temperature_scaled=False)
+    rows = bma_results.curve_rows(curves, method=args.method, temperature_scaled=False)
     if args.temperature_scale:
-        temperatures, before, after = bma.temperature_scaled_curves(
+        temperatures, before, after = bma_results.temperature_scaled_curves(
             result.member_probs, result.targets, seed=args.seed
         )
         payload["temperature_scaling"] = {"temperature": temperatures, "before": before,
                                           "after": after}  # fmt: skip
-        rows += bma.curve_rows(after, method=args.method, temperature_scaled=True)
-    bma.write_results(out, args.method, payload, rows)
+        rows += bma_results.curve_rows(after, method=args.method, temperature_scaled=True)
+    bma_results.write_results(out, args.method, payload, rows)
     np.savez(
         out / f".{args.method}_probs.tmp.npz",
         predictions=result.member_probs["clean"].astype(np.float64).mean(0),

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from swag import cli, metrics  # noqa: E402
-from swag.bma import load_probability_cache  # noqa: E402
+from swag.bma_results import load_probability_cache  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 
 LABELS = {"ensemble": "DE", "multiswa": "MultiSWA", "multiswag": "MultiSWAG"}
@@ -33,8 +33,12 @@ def member_nlls(cache: Path) -> dict[str, np.ndarray]:
     """Test-set name -> NLL of each member's own predictive, shape [M]."""
     probs, targets = load_probability_cache(cache)
     return {
-        name: np.array([metrics.nll(np.asarray(member, np.float64).mean(0), targets[name])
-                        for member in probs[name]])  # fmt: skip
+        name: np.array(
+            [
+                metrics.nll(np.asarray(member, np.float64).mean(0), targets[name])
+                for member in probs[name]
+            ]
+        )  # fmt: skip
         for name in probs
     }
 

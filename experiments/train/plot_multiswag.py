@@ -19,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout, uninstalled
 
 from swag import cli  # noqa: E402
-from swag.bma import METHODS, load_probability_cache, prefix_metrics  # noqa: E402
+from swag.bma import METHODS  # noqa: E402
+from swag.bma_results import load_probability_cache, prefix_metrics  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 
 LABELS = {"ensemble": "Deep Ensembles", "multiswa": "MultiSWA", "multiswag": "MultiSWAG"}
