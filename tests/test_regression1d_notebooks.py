@@ -56,24 +56,6 @@ def test_load_data_scales_targets_and_builds_features():
         regression1d.load_data(EXPERIMENT / "missing.npz")
 
 
-def test_wasserstein2_closed_forms():
-    generator = torch.Generator().manual_seed(0)
-    a, b = torch.randn(50, 3, generator=generator), torch.randn(50, 3, generator=generator)
-    # Equal sizes: W2² is the mean squared difference of the sorted samples.
-    expected = (a.sort(0).values - b.sort(0).values).double().pow(2).mean(0).sqrt()
-    torch.testing.assert_close(regression1d.wasserstein2(a, b), expected)
-    # Unequal sizes by hand: {0, 1} vs {0, 0.5, 1}: quantile gaps 0.5 on [1/3, 1/2) and
-    # [1/2, 2/3), so W2² = 2 · (1/6) · 0.25.
-    w2 = regression1d.wasserstein2(
-        torch.tensor([[0.0], [1.0]]), torch.tensor([[0.0], [0.5], [1.0]])
-    )
-    assert w2.item() == pytest.approx((2 / 6 * 0.25) ** 0.5)
-    # Large samples of N(0, 1) and N(1, 2²): W2² = 1² + (2 - 1)² = 2.
-    x = torch.randn(20000, 1, generator=generator)
-    y = 1 + 2 * torch.randn(30000, 1, generator=generator)
-    assert regression1d.wasserstein2(x, y).item() == pytest.approx(2**0.5, rel=0.03)
-
-
 def test_named_configs_hold_the_original_settings():
     feb, dec = regression1d.get_config("2020-02").hmc, regression1d.get_config("2020-12").hmc
     assert (feb.step_size, feb.num_leapfrog, feb.num_samples, feb.num_chains) == (

@@ -28,6 +28,7 @@ from tabulate import tabulate  # noqa: E402
 
 from swag import regression1d  # noqa: E402
 from swag.errors import UserError  # noqa: E402
+from swag.wasserstein import w2_curves  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 COUNTS = [1, 2, 3, 5, 10, 20, 50]
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tensors = {k: torch.as_tensor(v) for k, v in predictions.items()}
     methods = {"deep ensemble": tensors["ensemble"], "mean-field VI": tensors["vi"]}
-    curves = regression1d.w2_curves(tensors["hmc"], methods, COUNTS)
+    curves = w2_curves(tensors["hmc"], methods, COUNTS)
     rows = [[name, *values] for name, values in curves.items()]
     headers = ["mean W2 to HMC, k =", *COUNTS]
     print(f"config {args.config}: HMC {tuple(tensors['hmc'].shape[:2])} chains x samples")
