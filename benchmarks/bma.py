@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from swag import data, metrics, models, training  # noqa: E402
+from swag import bma, data, metrics, models, training  # noqa: E402
 from swag.bma import SWAGPosterior, bayesian_model_average  # noqa: E402
 from swag.posteriors import SWAG  # noqa: E402
 
 CHANNELS_LAST = torch.channels_last
-SCORING_BATCH = 256  # eval_multiswag.py's --eval_batch_size; 1,000 is 1.5x slower on this CPU
+SCORING_BATCH = bma.SCORING_BATCH_SIZE  # eval_multiswag.py's --eval_batch_size default
 
 
 def random_swag(model: torch.nn.Module, rank: int = 20, seed: int = 0) -> SWAG:

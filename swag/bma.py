@@ -38,6 +38,9 @@ from swag.posteriors import SWAG
 from swag.training import load_checkpoint, load_model_state, predict, update_bn
 
 METHODS = ("multiswag", "multiswa", "ensemble")
+# Batch size for scoring (eval mode: it changes no result). On the 2-core CPUs 256 was fastest;
+# 1,000 was 1.5x slower (benchmarks/bma.py).
+SCORING_BATCH_SIZE = 256
 
 
 @runtime_checkable

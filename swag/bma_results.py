@@ -151,19 +151,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def curve_rows(curves: Mapping[str, list[dict]], **columns) -> list[dict]:
-    """Flatten {test set: [prefix metrics]} into CSV rows with `corruption` and `severity`.
+def split_test_set_name(name: str) -> tuple[str, int]:
+    """`<corruption>_<s>` -> (corruption, s), split at the last underscore; others -> (name, 0)."""
+    corruption, _, severity = name.rpartition("_")
+    return (corruption, int(severity)) if severity.isdigit() else (name, 0)
 
-    The clean set gets severity 0; `<corruption>_<s>` is split at its last underscore.
-    """
+
+def curve_rows(curves: Mapping[str, list[dict]], **columns) -> list[dict]:
+    """Flatten {test set: [prefix metrics]} into CSV rows with `corruption` and `severity`
+    (`split_test_set_name`: the clean set gets severity 0)."""
     rows = []
     for name, per_prefix in curves.items():
-        corruption, _, severity = name.rpartition("_")
-        if not severity.isdigit():
-            corruption, severity = name, "0"
+        corruption, severity = split_test_set_name(name)
         for entry in per_prefix:
             row = {**columns, "test_set": name, "corruption": corruption}
-            rows.append({**row, "severity": int(severity), **entry})
+            rows.append({**row, "severity": severity, **entry})
     return rows
 
 

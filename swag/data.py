@@ -61,7 +61,7 @@ def load_split(
     root = dataset_root(dataset, data_path)
     idx_files = idx_format.split_files(root, dataset, train) if dataset in MNIST_FORMAT else None
     if idx_files is not None:  # read directly: torchvision stays out of the process
-        images, labels = (torch.from_numpy(idx_format.read_idx(path).copy()) for path in idx_files)
+        images, labels = (torch.from_numpy(idx_format.read_idx(path)) for path in idx_files)
         return images.unsqueeze(1), labels.long()
     try:
         source = _torchvision_dataset(dataset, root, train, download)

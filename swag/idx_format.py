@@ -17,30 +17,32 @@ from swag.errors import UserError
 
 UINT8_TYPE = 0x08
 # torchvision's layout under `<root>`: <root>/<class name>/raw/<file>
-FILES = {
+FILES = {  # train split?: (images, labels)
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+ALL_FILES = (*FILES[True], *FILES[False])
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """The uint8 array stored in one idx file, shape taken from its header.
+    """The uint8 array stored in one idx file, shape taken from its header (one read, writable).
 
     Raises:
         UserError: the file is not a uint8 idx file or is shorter or longer than its header says.
     """
-    payload = Path(path).read_bytes()
-    if len(payload) < 4 or payload[:2] != b"\0\0" or payload[2] != UINT8_TYPE:
-        raise UserError(f"{path} is not a uint8 idx file; delete it and run `make data` again")
-    ndim = payload[3]
-    header_size = 4 + 4 * ndim
-    shape = tuple(int(size) for size in np.frombuffer(payload[4:header_size], dtype=">i4"))
-    if len(shape) != ndim or len(payload) - header_size != int(np.prod(shape)):
+    with open(path, "rb") as stream:
+        magic = stream.read(4)
+        if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] != UINT8_TYPE:
+            raise UserError(f"{path} is not a uint8 idx file; delete it and run `make data` again")
+        sizes = stream.read(4 * magic[3])
+        shape = tuple(int(size) for size in np.frombuffer(sizes[: len(sizes) // 4 * 4], ">i4"))
+        values = np.fromfile(stream, dtype=np.uint8)
+    if len(shape) != magic[3] or values.size != int(np.prod(shape)):
         raise UserError(
             f"{path} is truncated or corrupt (header says {shape}); delete it and run `make data` "
             "again"
         )
-    return np.frombuffer(payload, dtype=np.uint8, offset=header_size).reshape(shape)
+    return values.reshape(shape)
 
 
 def split_files(root: Path, dataset: str, train: bool) -> tuple[Path, Path] | None:

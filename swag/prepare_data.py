@@ -18,22 +18,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from swag import idx_format
 from swag.data import dataset_root
 from swag.errors import UserError
-
-IDX_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
 
 
 def prepare_mnist_format(source: Path, data_path: Path, dataset: str = "FashionMNIST") -> Path:
     """Decompress `<source>/*-ubyte.gz` into `<data_path>/<dataset lower>/<dataset>/raw/`."""
     raw = dataset_root(dataset, data_path) / dataset / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    for name in IDX_FILES:
+    for name in idx_format.ALL_FILES:
         target = raw / name
         if target.is_file():
             continue

@@ -68,6 +68,15 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def cross_entropy(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, bf16: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy in float32, logits [B, C]); the forward pass under bf16 autocast."""
+    with _autocast(inputs.device, bf16):
+        logits = model(inputs)
+    return F.cross_entropy(logits.float(), targets), logits
+
+
 LOSSES = ("CE", "adv_CE")  # the original's --loss choices
 
 
@@ -88,17 +97,12 @@ def adversarial_cross_entropy(
     Returns:
         (loss, clean logits [B, C]).
     """
-    device = inputs.device
-    inputs = inputs.detach().requires_grad_(True)
-    with _autocast(device, bf16):
-        logits = model(inputs)
-    clean_loss = F.cross_entropy(logits.float(), targets)
+    data = inputs.detach()
+    inputs = data.detach().requires_grad_(True)  # shares storage with `data`
+    clean_loss, logits = cross_entropy(model, inputs, targets, bf16)
     (input_grad,) = torch.autograd.grad(clean_loss, inputs, retain_graph=True)
-    step = epsilon * (inputs.detach().max() - inputs.detach().min())
-    adversarial_inputs = (inputs.detach() + step * input_grad.sign()).detach()
-    with _autocast(device, bf16):
-        adversarial_logits = model(adversarial_inputs)
-    adversarial_loss = F.cross_entropy(adversarial_logits.float(), targets)
+    step = epsilon * (data.max() - data.min())
+    adversarial_loss, _ = cross_entropy(model, data + step * input_grad.sign(), targets, bf16)
     return 0.5 * (clean_loss + adversarial_loss), logits
 
 
@@ -133,12 +137,8 @@ def train_epoch(
     for inputs, targets in loader:
         inputs = inputs.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        if loss == "adv_CE":
-            batch_loss, logits = adversarial_cross_entropy(model, inputs, targets, bf16=bf16)
-        else:
-            with _autocast(device, bf16):
-                logits = model(inputs)
-            batch_loss = F.cross_entropy(logits.float(), targets)
+        objective = adversarial_cross_entropy if loss == "adv_CE" else cross_entropy
+        batch_loss, logits = objective(model, inputs, targets, bf16=bf16)
         if prior_var is not None:
             batch_loss = batch_loss + gaussian_prior_penalty(model, prior_var, num_train)
         optimizer.zero_grad(set_to_none=True)

@@ -356,12 +356,19 @@ def test_idx_reader_equals_torchvision(tmp_path, tiny_mnist, tiny_fashion_mnist,
     assert torch.equal(labels, reference.targets.long())
 
 
-@pytest.mark.parametrize("damage", ["truncate", "magic"])
+DAMAGES = {
+    "truncate": lambda payload: payload[:-5],
+    "magic": lambda payload: b"\x01" + payload[1:],
+    "header": lambda payload: payload[:6],  # cut inside the dimension sizes
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_corrupt_idx_file_is_a_user_error(tmp_path, tiny_fashion_mnist, damage):
     tiny_fashion_mnist(tmp_path, n_train=40, n_test=12)
     path = tmp_path / "fashionmnist" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
     payload = path.read_bytes()
-    path.write_bytes(payload[:-5] if damage == "truncate" else b"\x01" + payload[1:])
+    path.write_bytes(DAMAGES[damage](payload))
     with pytest.raises(UserError, match="run `make data` again"):
         data.load_split("FashionMNIST", tmp_path, train=True)
 

@@ -6,7 +6,6 @@ import csv
 import importlib.util
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_idx
 
 from swag import models
 from swag.errors import UserError
@@ -33,14 +33,6 @@ def _script(name: str):
     return module
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    """MNIST idx: magic (0, 0, 0x08 = ubyte, ndim), big-endian int32 dims, then the bytes."""
-    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(
-        f">{array.ndim}i", *array.shape
-    )
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
 def write_tiny_fashion_mnist(data_path: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Class-dependent 28x28 images in <data_path>/fashionmnist/FashionMNIST/raw (idx files)."""
     rng = np.random.default_rng(seed)
@@ -52,8 +44,8 @@ def write_tiny_fashion_mnist(data_path: Path, seed: int = 0) -> tuple[np.ndarray
         images = rng.integers(0, 60, (n, 28, 28))
         for i, y in enumerate(labels):  # a bright bar whose row encodes the class
             images[i, 2 + 2 * y : 4 + 2 * y] = 250
-        _write_idx(raw / f"{split}-images-idx3-ubyte", images)
-        _write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+        write_idx(raw / f"{split}-images-idx3-ubyte", images)
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
         out[split] = (images.astype(np.uint8), labels)
     return out["t10k"]
 

@@ -52,8 +52,9 @@ def evaluate(args: argparse.Namespace, device: torch.device) -> dict[str, tuple]
     """Predictions of SGD, SWA and SWAG on the test set: name -> (probs [N, C], targets [N])."""
     spec = models.get_model("LeNet5")
     loaders, num_classes = data.loaders(
-        args.dataset, args.data_path, 256, 0, spec.preset, use_validation=False, device=device
-    )
+        args.dataset, args.data_path, bma.SCORING_BATCH_SIZE, 0, spec.preset,
+        use_validation=False, device=device,
+    )  # fmt: skip
     out = Path(args.dir)
     sgd = spec.build(num_classes).to(device)
     state = training.load_checkpoint(out / f"checkpoint-{args.epochs}.pt", map_location=device)

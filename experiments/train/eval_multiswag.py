@@ -70,8 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="update BN on a fixed random subset of N training images (default: full pass)",
     )  # fmt: skip
     parser.add_argument(
-        "--eval_batch_size", type=int, default=256,
-        help="batch size of scoring (eval mode: changes no result; 256 was fastest on CPU)",
+        "--eval_batch_size", type=int, default=bma.SCORING_BATCH_SIZE,
+        help="batch size of scoring (eval mode: changes no result)",
     )  # fmt: skip
     parser.add_argument("--cache_probs", action="store_true", help="cache float16 probabilities")
     parser.add_argument(

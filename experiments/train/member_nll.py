@@ -13,7 +13,6 @@ DE − MultiSWAG and MultiSWA − MultiSWAG per member: a positive value means M
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from swag import cli, metrics  # noqa: E402
-from swag.bma_results import load_probability_cache  # noqa: E402
+from swag.bma_results import load_probability_cache, split_test_set_name  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 
 LABELS = {"ensemble": "DE", "multiswa": "MultiSWA", "multiswag": "MultiSWAG"}
@@ -32,23 +31,19 @@ LABELS = {"ensemble": "DE", "multiswa": "MultiSWA", "multiswag": "MultiSWAG"}
 def member_nlls(cache: Path) -> dict[str, np.ndarray]:
     """Test-set name -> NLL of each member's own predictive, shape [M]."""
     probs, targets = load_probability_cache(cache)
-    return {
-        name: np.array(
-            [
-                metrics.nll(np.asarray(member, np.float64).mean(0), targets[name])
-                for member in probs[name]
-            ]
-        )  # fmt: skip
-        for name in probs
-    }
+    nlls = {}
+    for name, per_member in probs.items():  # [M, S, N, C]: average each member's S samples
+        averages = (np.asarray(member, np.float64).mean(0) for member in per_member)
+        nlls[name] = np.array([metrics.nll(average, targets[name]) for average in averages])
+    return nlls
 
 
 def by_severity(nlls: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """'clean' and 'severity s' -> mean over the corruptions of that severity, shape [M]."""
     groups: dict[str, list[np.ndarray]] = {}
     for name, values in nlls.items():
-        match = re.fullmatch(r".+_(\d)", name)
-        groups.setdefault(f"severity {match.group(1)}" if match else name, []).append(values)
+        severity = split_test_set_name(name)[1]
+        groups.setdefault(f"severity {severity}" if severity else name, []).append(values)
     return {group: np.mean(groups[group], axis=0) for group in sorted(groups)}
 
 

@@ -20,7 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 
 from swag import cli  # noqa: E402
 from swag.bma import METHODS  # noqa: E402
-from swag.bma_results import load_probability_cache, prefix_metrics  # noqa: E402
+from swag.bma_results import (  # noqa: E402
+    load_probability_cache,
+    prefix_metrics,
+    split_test_set_name,
+)
 from swag.errors import UserError  # noqa: E402
 
 LABELS = {"ensemble": "Deep Ensembles", "multiswa": "MultiSWA", "multiswag": "MultiSWAG"}
@@ -88,14 +92,12 @@ def panels(names, corruptions, severities) -> list[tuple[str, list[tuple[int, st
     """Rows of the figure: [(corruption, [(severity, test set name)])], clean first."""
     rows: dict[str, list[tuple[int, str]]] = {}
     for name in names:
-        corruption, _, severity = name.rpartition("_")
-        if not severity.isdigit():
-            corruption, severity = name, "0"
-        if corruptions is not None and corruption not in corruptions and severity != "0":
+        corruption, severity = split_test_set_name(name)
+        if corruptions is not None and corruption not in corruptions and severity != 0:
             continue
-        if severities is not None and int(severity) not in severities and severity != "0":
+        if severities is not None and severity not in severities and severity != 0:
             continue
-        rows.setdefault(corruption, []).append((int(severity), name))
+        rows.setdefault(corruption, []).append((severity, name))
     order = sorted(rows, key=lambda c: (min(s for s, _ in rows[c]) > 0, c))
     return [(c, sorted(rows[c])) for c in order]
 
