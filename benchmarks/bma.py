@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from swag import bma, data, metrics, models, training  # noqa: E402
-from swag.bma import SWAGPosterior, bayesian_model_average  # noqa: E402
+from swag.bma import bayesian_model_average  # noqa: E402
 from swag.posteriors import SWAG  # noqa: E402
 
 CHANNELS_LAST = torch.channels_last
@@ -63,12 +63,11 @@ def make_loader(images, targets, preset, batch_size, train, kind, memory_format,
 def seconds_per_sample(
     swag, test_sets, bn_loader, bn_subset, samples, bf16=False
 ) -> dict[str, float]:
-    posterior = SWAGPosterior(swag)
     with torch.no_grad():  # warm-up: one batch of each loader (allocator, oneDNN kernels)
         for loader in [*test_sets.values(), *([bn_loader] if bn_loader is not None else [])]:
             swag.base_model(next(iter(loader))[0])
     result = bayesian_model_average(
-        [posterior], test_sets, samples, "cpu", bn_loader, bn_subset, bf16=bf16
+        [swag], test_sets, samples, "cpu", bn_loader, bn_subset, bf16=bf16
     )
     return {k: v / samples for k, v in result.seconds.items()}
 
@@ -157,7 +156,7 @@ def bn_subset_nll(args, swag, train, test) -> list[list]:
                                     CHANNELS_LAST)  # fmt: skip
     rows = []
     for subset, bf16 in ((None, False), (args.bn_subset, False), (None, True)):
-        result = bayesian_model_average([SWAGPosterior(swag)], {"clean": test_loader},
+        result = bayesian_model_average([swag], {"clean": test_loader},
                                         args.nll_samples, "cpu", bn, subset, seed=0,
                                         bf16=bf16)  # fmt: skip
         probs, targets = result.member_probs["clean"][0], result.targets["clean"]

@@ -27,7 +27,8 @@ import torch  # noqa: E402
 
 from swag import regression1d  # noqa: E402
 from swag.models.regression_net import RegressionNet  # noqa: E402
-from swag.posteriors.hmc import FlatModel, gaussian_log_posterior, hmc  # noqa: E402
+from swag.posteriors.flat import FlatModel
+from swag.posteriors.hmc import gaussian_log_posterior, hmc  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "experiments" / "deep_ensembles" / "data.npz"
 

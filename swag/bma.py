@@ -1,17 +1,18 @@
-"""Bayesian model averaging for MultiSWAG, MultiSWA and deep ensembles (Wilson & Izmailov 2020).
+"""Bayesian model averaging for MultiSWAG, MultiSWA, deep ensembles and any registered method.
 
-All three methods approximate the Bayesian model average (paper eq. 1)
+Wilson & Izmailov (2020). Every method approximates the Bayesian model average (paper eq. 1)
 
     p(y | x, D) ≈ 1/(M·S) Σ_{m=1..M} Σ_{s=1..S} p(y | x, w_{m,s}),
 
 a uniform average of softmax probabilities over M independently trained members and S weight
-samples from each member's posterior (UPSTREAM.md §2.6.6):
+samples from each member's posterior, for example:
 
 * MultiSWAG: w_{m,s} ~ SWAG_m (scale 0.5 by default), S = 20 in the paper;
 * MultiSWA: w_m = θ_SWA of member m (S = 1);
 * deep ensembles: w_m = the member's final SGD weights (S = 1, no BatchNorm update).
 
-Every method is a `Posterior` (`sample(generator)` writes weights into `.model`), and one
+Every member is a `swag.posteriors.Posterior` (`sample(generator)` writes weights into `.model`;
+methods and the file kinds they take are registered in `swag.posteriors.methods`), and one
 function, `bayesian_model_average`, draws every sample once, updates BatchNorm once per sample
 and scores the clean and every shifted test set in that pass. Curves over the number of
 members m = 1..M ("NLL vs number of independently trained models") come from the per-member
@@ -25,7 +26,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -34,131 +34,41 @@ from torch import nn
 from swag import metrics
 from swag.bma_results import ProbabilityCache, prefix_metrics
 from swag.errors import UserError
-from swag.posteriors import SWAG
-from swag.training import load_checkpoint, load_model_state, predict, update_bn
+from swag.posteriors import Posterior, detect_kind, get_method, load
+from swag.posteriors.methods import SamplingOptions, check_kind
+from swag.seeding import derived_generator
+from swag.training import load_checkpoint, predict, update_bn
 
-METHODS = ("multiswag", "multiswa", "ensemble")
 # Batch size for scoring (eval mode: it changes no result). On the 2-core CPUs 256 was fastest;
 # 1,000 was 1.5x slower (benchmarks/bma.py).
 SCORING_BATCH_SIZE = 256
-
-
-@runtime_checkable
-class Posterior(Protocol):
-    """A distribution over the weights of `.model` that can be sampled into it.
-
-    Attributes:
-        model: the network that `sample` writes weights into.
-        needs_bn_update: BatchNorm statistics must be recomputed after each `sample` (true for
-            weights that never saw data in train mode: SWA means and SWAG samples).
-    """
-
-    model: nn.Module
-    needs_bn_update: bool
-
-    def sample(self, generator: torch.Generator) -> None:
-        """Write one weight sample into `.model`."""
-
-
-class SWAGPosterior:
-    """MultiSWAG member: θ̃ = θ_SWA + √scale·(Σ_diag^{1/2} z₁ + D z₂/√(K−1)).
-
-    `scale` is posterior tempering of the SWAG covariance (0.5 in the paper), not the
-    calibration temperature of `swag.calibration`.
-    """
-
-    needs_bn_update = True
-
-    def __init__(self, swag: SWAG, scale: float = 0.5, cov: bool = True, legacy_variance=False):
-        self.swag, self.scale, self.cov, self.legacy_variance = swag, scale, cov, legacy_variance
-        self.model = swag.base_model
-
-    def sample(self, generator: torch.Generator) -> None:
-        self.swag.sample(self.scale, self.cov, generator, legacy_variance=self.legacy_variance)
-
-
-class SWAPosterior:
-    """MultiSWA member: the point mass at θ_SWA (deterministic; BN is still updated)."""
-
-    needs_bn_update = True
-
-    def __init__(self, swag: SWAG):
-        self.swag, self.model = swag, swag.base_model
-
-    def sample(self, generator: torch.Generator) -> None:
-        self.swag.set_swa()
-
-
-class CheckpointPosterior:
-    """Deep-ensemble member: the point mass at fixed trained weights, BN statistics included."""
-
-    needs_bn_update = False
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def sample(self, generator: torch.Generator) -> None:
-        """Nothing to draw: the weights are already in `.model`."""
 
 
 def load_member(
     method: str,
     path: str | Path,
     model: nn.Module,
-    scale: float = 0.5,
-    legacy_variance: bool = False,
-    max_num_models: int | None = None,
+    options: SamplingOptions | None = None,
 ) -> Posterior:
-    """Load one member from a checkpoint into a fresh `model` (already on its device).
+    """Load one member file into a fresh `model` (already on its device) for `--method`.
 
-    `multiswag` / `multiswa` read a `swag-<epoch>.pt` (this project's, or the original
-    repository's) into a new `SWAG`, so nothing derived from another checkpoint survives (the
-    original reused the first checkpoint's deviation matrix, UPSTREAM.md §1.2). `ensemble` reads
-    the SGD weights of a `checkpoint-<epoch>.pt`. `max_num_models` keeps only the most recent
-    K columns of the deviation matrix (`--max_num_models`; default: all stored).
+    Every file is read into a new posterior, so nothing derived from another member survives
+    (the original reused the first checkpoint's deviation matrix for every member). The method
+    (swag.posteriors.methods) says which file kinds it takes and adapts the posterior, e.g.
+    MultiSWA evaluates the mean of a SWAG file.
     """
-    if method not in METHODS:
-        raise UserError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
-    device = next(model.parameters()).device
-    state = load_checkpoint(path, map_location=device)
-    weights = state.get("state_dict", state)
-    is_swag = "mean" in weights
-    if method == "ensemble":
-        if is_swag:
-            raise UserError(
-                f"{path} is a SWAG checkpoint; --method ensemble takes the final SGD "
-                "checkpoint-<epoch>.pt of each run"
-            )
-        load_model_state(model, weights, str(path))
-        return CheckpointPosterior(model)
-    if not is_swag:
-        raise UserError(
-            f"{path} holds no SWAG moments; --method {method} takes the swag-<epoch>.pt of each "
-            "run trained with --swag"
-        )
-    if "sq_mean" in weights:  # the original repository's format
-        swag = SWAG.load_upstream(weights, model)
-    else:
-        swag = SWAG(model)
-        try:
-            swag.load_state_dict(weights)
-        except RuntimeError as error:
-            raise UserError(
-                f"{path} was saved from a different model or number of classes; pass the "
-                "--model and --dataset the checkpoint was trained with"
-            ) from error
-    if max_num_models is not None and swag.rank > max_num_models:
-        swag.deviations = swag.deviations[swag.rank - max_num_models :]
-    if method == "multiswa":
-        return SWAPosterior(swag)
-    return SWAGPosterior(swag, scale=scale, legacy_variance=legacy_variance)
+    chosen = get_method(method)
+    state = load_checkpoint(path, map_location=next(model.parameters()).device)
+    check_kind(chosen, detect_kind(state, str(path)), str(path))
+    return chosen.adapt(load(state, model, name=str(path)), options or SamplingOptions())
 
 
 class CheckpointMembers:
     """The M members of an ensemble, each loaded only when the evaluation reaches it.
 
-    Holding one member at a time keeps memory at one SWAG state ((3+K)·D floats; 1.4 GB for
-    VGG16 with K = 20) instead of M.
+    Holding one member at a time keeps memory at one posterior ((3+K)·D floats for SWAG; 1.4
+    GB for VGG16 with K = 20) instead of M. `check()` opens every file first, so a bad member
+    is reported before any scoring.
     """
 
     def __init__(
@@ -166,24 +76,31 @@ class CheckpointMembers:
         paths: Sequence[str | Path],
         method: str,
         build_model: Callable[[], nn.Module],
-        scale: float = 0.5,
-        legacy_variance: bool = False,
-        max_num_models: int | None = None,
+        options: SamplingOptions | None = None,
     ):
         if not paths:
             raise UserError("no checkpoints given; pass one file per member with --swag_ckpts")
-        self.paths, self.method, self.build_model = list(paths), method, build_model
-        self.options = dict(
-            scale=scale, legacy_variance=legacy_variance, max_num_models=max_num_models
-        )
+        self.method = get_method(method)
+        self.paths, self.build_model = list(paths), build_model
+        self.options = options or SamplingOptions()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __iter__(self):
         for path in self.paths:
-            model = self.build_model()
-            yield load_member(self.method, path, model, **self.options)
+            yield load_member(self.method.name, path, self.build_model(), self.options)
+
+    def check(self) -> bool:
+        """Load every member once (on the CPU); returns whether their draws are deterministic."""
+        deterministic = True
+        for path in self.paths:
+            model = self.build_model().cpu()
+            state = load_checkpoint(path)
+            check_kind(self.method, detect_kind(state, str(path)), str(path))
+            posterior = self.method.adapt(load(state, model, name=str(path)), self.options)
+            deterministic = deterministic and posterior.deterministic
+        return deterministic
 
 
 @dataclass
@@ -207,12 +124,6 @@ class BMAResult:
             name: prefix_metrics(probs, self.targets[name])
             for name, probs in self.member_probs.items()
         }
-
-
-def _member_seed(seed: int, member: int) -> int:
-    # Member m's draws depend only on (seed, m), so curves for m ≤ M' agree across runs with
-    # different numbers of members.
-    return int(seed) * 1_000_003 + int(member)
 
 
 def bayesian_model_average(
@@ -264,7 +175,9 @@ def bayesian_model_average(
     seconds = {"sample": 0.0, "bn_update": 0.0, "predict": 0.0}
     first = next(iter(test_sets))
     for m, posterior in enumerate(members):
-        generator = torch.Generator(_posterior_device(posterior)).manual_seed(_member_seed(seed, m))
+        # Member m's draws depend only on (seed, m), so curves for m ≤ M' agree across runs
+        # with different numbers of members.
+        generator = derived_generator(seed, m, posterior.device)
         member_sum = {}
         for s in range(num_samples):
             start = time.perf_counter()
@@ -298,11 +211,6 @@ def bayesian_model_average(
     if cache is not None:
         cache.finish(targets)
     return BMAResult(member_probs, targets, seconds)
-
-
-def _posterior_device(posterior: Posterior) -> torch.device:
-    swag = getattr(posterior, "swag", None)  # SWAG draws on the device of its moments
-    return (swag.mean if swag is not None else next(posterior.model.parameters())).device
 
 
 def _has_batchnorm(model: nn.Module) -> bool:

@@ -27,7 +27,8 @@ from torch import Tensor
 from swag.errors import UserError
 from swag.models.regression_net import RegressionNet
 from swag.posteriors.ensembles import initial_members, train_members
-from swag.posteriors.hmc import FlatModel, HMCResult, gaussian_log_posterior, hmc, split_rhat
+from swag.posteriors.flat import FlatModel
+from swag.posteriors.hmc import HMCResult, gaussian_log_posterior, hmc, split_rhat
 from swag.posteriors.vi import MeanFieldVI
 
 TARGET_SCALE = 10.0  # every notebook multiplies y and y_ by 10
@@ -293,17 +294,10 @@ def run_ensemble(
     num_members = num_members or config.num_members
     starts = initial_members(flat.model, seeds("ensemble", seed, num_members))
     return train_members(
-        flat,
-        starts.to(data.inputs.device),
-        data.inputs,
-        data.targets,
-        config.num_steps,
-        config.lr,
-        config.noise_var,
-        config.prior_var,
-        progress,
-        compile,
-    )
+        flat, starts.to(data.inputs.device), data.inputs, data.targets,
+        noise_var=config.noise_var, prior_var=config.prior_var, num_steps=config.num_steps,
+        lr=config.lr, progress=progress, compile=compile,
+    )  # fmt: skip
 
 
 def run_vi(
@@ -324,14 +318,9 @@ def run_vi(
     vi = MeanFieldVI(net, config.prior_var, init_rho=config.init_rho)
     generator = torch.Generator(data.inputs.device).manual_seed(seed)
     return vi.fit(
-        data.inputs,
-        data.targets,
-        config.noise_var,
-        config.num_steps,
-        config.lr,
-        generator=generator,
-        progress=progress,
-    )
+        data.inputs, data.targets, noise_var=config.noise_var, num_steps=config.num_steps,
+        lr=config.lr, generator=generator, progress=progress,
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -347,7 +336,7 @@ def vi_predictions(vi: MeanFieldVI, inputs: Tensor, num_samples: int, seed: int 
     """Outputs at `num_samples` draws from the VI posterior: `[S, M]`."""
     generator = torch.Generator(inputs.device).manual_seed(seed)
     with torch.no_grad():
-        return predict(vi.sample(num_samples, generator), inputs)
+        return predict(vi.draw(num_samples, generator), inputs)
 
 
 def hmc_diagnostics(result: HMCResult, grid_predictions: Tensor) -> dict:

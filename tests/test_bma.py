@@ -10,16 +10,10 @@ from torch import nn
 from torch.optim.swa_utils import update_bn as reference_update_bn
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from swag.bma import (
-    CheckpointMembers,
-    CheckpointPosterior,
-    SWAGPosterior,
-    SWAPosterior,
-    bayesian_model_average,
-)
+from swag.bma import CheckpointMembers, bayesian_model_average
 from swag.bma_results import load_probability_cache, prefix_metrics, temperature_scaled_curves
 from swag.errors import UserError
-from swag.posteriors import SWAG
+from swag.posteriors import SWA, SWAG, Checkpoint, SamplingOptions
 from swag.training import save_checkpoint
 
 C = 3  # classes
@@ -58,7 +52,7 @@ class _CountingLoader(list):
 
 
 def test_bma_equals_a_manual_average_and_updates_bn_once_per_sample():
-    members = [SWAGPosterior(_swag(1)), SWAGPosterior(_swag(2))]
+    members = [_swag(1), _swag(2)]
     test_sets = {"clean": _batches(30, 10), "fog_1": _batches(20, 11), "fog_2": _batches(20, 12)}
     bn_loader = _CountingLoader(_batches(40, 13))
     result = bayesian_model_average(
@@ -72,7 +66,7 @@ def test_bma_equals_a_manual_average_and_updates_bn_once_per_sample():
         swag = _swag(seed)
         generator = torch.Generator().manual_seed(5 * 1_000_003 + m)  # documented member seeds
         for _ in range(3):
-            swag.sample(0.5, generator=generator)
+            swag.sample(generator, scale=0.5)
             reference_update_bn(bn_loader, swag.base_model)
             swag.base_model.eval()
             with torch.no_grad():
@@ -94,7 +88,7 @@ def test_deterministic_members_ignore_generator_and_checkpoints_skip_bn():
     test_sets = {"clean": _batches(20, 1)}
     bn_loader = _CountingLoader(_batches(20, 2))
     result = bayesian_model_average(
-        [SWAPosterior(swag), CheckpointPosterior(sgd_model)], test_sets, 1, "cpu", bn_loader
+        [SWA(swag), Checkpoint(sgd_model)], test_sets, 1, "cpu", bn_loader
     )
     assert bn_loader.passes == 1  # the SWA mean only
     with torch.no_grad():
@@ -106,7 +100,7 @@ def test_deterministic_members_ignore_generator_and_checkpoints_skip_bn():
 
 def test_bn_model_without_bn_loader_and_bad_counts_fail_clearly():
     with pytest.raises(UserError, match="BatchNorm"):
-        bayesian_model_average([SWAGPosterior(_swag(1))], {"clean": _batches(10, 0)}, 1, "cpu")
+        bayesian_model_average([_swag(1)], {"clean": _batches(10, 0)}, 1, "cpu")
     with pytest.raises(UserError, match="at least 1"):
         bayesian_model_average([], {"clean": _batches(10, 0)}, 0, "cpu")
     with pytest.raises(UserError, match="no members"):
@@ -182,7 +176,7 @@ def test_each_checkpoint_is_sampled_with_its_own_deviation_matrix(tmp_path):
         for _ in range(10):
             posterior.sample(generator)
             theta = torch.cat([p.detach().reshape(-1) for p in posterior.model.parameters()])
-            moves.append(theta.double() - posterior.swag.mean)
+            moves.append(theta.double() - posterior.mean)
     second_moves = torch.stack(moves[10:])
     # off-block coordinates move only by the clamped diagonal noise √0.5·1e-3·z (|z| < 6)
     assert second_moves[:, first].abs().max() < 6e-3
@@ -194,12 +188,12 @@ def test_members_reject_the_wrong_kind_of_checkpoint(tmp_path):
     swag_path = _write_swag(tmp_path, _swag(0), "swag")
     sgd_path = save_checkpoint(tmp_path, 10, state_dict=_net().state_dict())
     assert isinstance(
-        next(iter(CheckpointMembers([sgd_path], "ensemble", _net))), CheckpointPosterior
+        next(iter(CheckpointMembers([sgd_path], "ensemble", _net))), Checkpoint
     )
-    assert isinstance(next(iter(CheckpointMembers([swag_path], "multiswa", _net))), SWAPosterior)
-    with pytest.raises(UserError, match="SWAG checkpoint"):
+    assert isinstance(next(iter(CheckpointMembers([swag_path], "multiswa", _net))), SWA)
+    with pytest.raises(UserError, match="is a swag file.*checkpoint-<epoch>.pt"):
         next(iter(CheckpointMembers([swag_path], "ensemble", _net)))
-    with pytest.raises(UserError, match="no SWAG moments"):
+    with pytest.raises(UserError, match="is a checkpoint file.*swag-<epoch>.pt"):
         next(iter(CheckpointMembers([sgd_path], "multiswag", _net)))
     wrong = lambda: nn.Sequential(nn.Linear(4, 5), nn.Linear(5, C))  # noqa: E731
     with pytest.raises(UserError, match="--model"):
@@ -207,7 +201,7 @@ def test_members_reject_the_wrong_kind_of_checkpoint(tmp_path):
 
 
 def test_float16_cache_reproduces_the_curves(tmp_path):
-    members = [SWAGPosterior(_swag(1)), SWAGPosterior(_swag(2))]
+    members = [_swag(1), _swag(2)]
     test_sets = {"clean": _batches(30, 10), "fog_1": _batches(20, 11)}
     result = bayesian_model_average(
         members, test_sets, 2, "cpu", _batches(40, 13), cache_dir=tmp_path / "cache"
@@ -241,7 +235,7 @@ def test_temperature_scaled_curves_lower_heldout_nll_and_keep_accuracy():
 def test_max_num_models_keeps_the_most_recent_deviation_columns(tmp_path):
     swag = _swag(4, steps=5)
     path = _write_swag(tmp_path, swag, "swag")
-    posterior = next(iter(CheckpointMembers([path], "multiswag", _net, max_num_models=2)))
+    posterior = next(iter(CheckpointMembers([path], "multiswag", _net, SamplingOptions(max_num_models=2))))
     assert posterior.swag.rank == 2
     torch.testing.assert_close(posterior.swag.deviations, swag.deviations[-2:])
 
@@ -254,7 +248,7 @@ def test_bf16_autocast_changes_probabilities_only_at_bf16_precision():
     for bf16 in (False, True):
         bn_loader = _CountingLoader(_batches(40, 13))
         runs[bf16] = bayesian_model_average(
-            [SWAGPosterior(_swag(1))], test_sets, 3, "cpu", bn_loader=bn_loader, seed=5, bf16=bf16
+            [_swag(1)], test_sets, 3, "cpu", bn_loader=bn_loader, seed=5, bf16=bf16
         )
         assert bn_loader.passes == 3
     exact, low = runs[False].member_probs["clean"], runs[True].member_probs["clean"]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from swag.errors import UserError
 from swag.models.regression_net import RegressionNet
 from swag.posteriors.ensembles import DeepEnsemble, initial_members, map_loss
-from swag.posteriors.hmc import FlatModel
+from swag.posteriors.flat import FlatModel
 
 NOISE_VAR, PRIOR_VAR, LR, STEPS = 5e-4, 100.0, 2e-6, 40
 
@@ -37,8 +37,8 @@ def train_alone(seed: int, inputs: torch.Tensor, targets: torch.Tensor) -> torch
 def test_vectorised_ensemble_equals_sequential_members():
     inputs, targets = data()
     seeds = [3, 11, 12]
-    ensemble = DeepEnsemble(RegressionNet(), seeds).fit(
-        inputs, targets, STEPS, LR, NOISE_VAR, PRIOR_VAR
+    ensemble = DeepEnsemble(RegressionNet(), seeds, prior_var=PRIOR_VAR).fit(
+        inputs, targets, noise_var=NOISE_VAR, num_steps=STEPS, lr=LR
     )
     expected = torch.stack([train_alone(s, inputs, targets) for s in seeds])
     # Batched and single matrix products round differently: float32 tolerance.
@@ -76,4 +76,4 @@ def test_bad_input_raises_user_error():
         initial_members(RegressionNet(), [])
     inputs, targets = data()
     with pytest.raises(UserError):
-        DeepEnsemble(RegressionNet(), [0]).fit(inputs, targets, 5, lr=-1.0, noise_var=NOISE_VAR)
+        DeepEnsemble(RegressionNet(), [0]).fit(inputs, targets, noise_var=NOISE_VAR, num_steps=5, lr=-1.0)

@@ -139,7 +139,7 @@ def test_user_errors(runs, tmp_path):
             "--savedir", str(tmp_path), "--model", "LeNet5", "--data_path", str(runs / "data"),
             "--swag_ckpts", str(tmp_path / "missing.pt"),
         ])  # fmt: skip
-    with pytest.raises(UserError, match="SWAG checkpoint"):
+    with pytest.raises(UserError, match="is a swag file, which --method ensemble cannot use"):
         _eval(runs, "ensemble", "ensemble", "--swag_ckpts", str(runs / "swag_1" / "swag-3.pt"))
     script = ROOT / "experiments" / "train" / "eval_multiswag.py"
     done = subprocess.run(
@@ -236,7 +236,7 @@ def test_member_nll_table_by_hand(tmp_path, capsys):
                                atol=1e-4)  # fmt: skip
     sev5_de = [-(np.log(0.25) + np.log(0.25)) / 2, -(np.log(0.125) + np.log(0.25)) / 2]
     sev5_mswag = [-(np.log(0.5) + np.log(0.25)) / 2, -(np.log(0.125) + np.log(0.5)) / 2]
-    np.testing.assert_allclose(rows["severity 5", "DE"][:2], sev5_de, atol=1e-4)
+    np.testing.assert_allclose(rows["severity 5", "Deep Ensembles"][:2], sev5_de, atol=1e-4)
     np.testing.assert_allclose(rows["severity 5", "DE − MultiSWAG"][:2],
                                np.subtract(sev5_de, sev5_mswag), atol=1e-4)  # fmt: skip
     with pytest.raises(UserError, match="probs_<method>"):

@@ -13,7 +13,8 @@ from torch import nn
 from swag import regression1d
 from swag.errors import UserError
 from swag.posteriors.ensembles import train_members
-from swag.posteriors.hmc import FlatModel, gaussian_log_posterior, hmc, split_rhat
+from swag.posteriors.flat import FlatModel
+from swag.posteriors.hmc import gaussian_log_posterior, hmc, split_rhat
 from swag.posteriors.mlp_gradient import mlp_log_prob_and_grad, mlp_widths
 
 NOISE_VAR, PRIOR_VAR = LINEAR_NOISE_VAR, LINEAR_PRIOR_VAR
@@ -223,7 +224,7 @@ def test_ascend_is_sgd_on_the_mean_squared_error():
     # Pre-training: SGD at lr on mean squared error / (2σ²) (train_members, autograd) equals
     # gradient ascent on the flat-prior log likelihood at lr / (N·out).
     flat, inputs, targets, thetas = mlp_problem()
-    expected = train_members(flat, thetas, inputs, targets, 20, 0.01, 0.3)
+    expected = train_members(flat, thetas, inputs, targets, noise_var=0.3, num_steps=20, lr=0.01)
     likelihood = gaussian_log_posterior(flat, inputs, targets, 0.3, None)
     torch.testing.assert_close(likelihood.ascend(thetas, 20, 0.01 / targets.numel()), expected)
 

@@ -41,7 +41,7 @@ def test_fit_on_linear_model_reaches_exact_mean_field_optimum():
     # For a Gaussian posterior N(m, Λ⁻¹), the mean-field optimum is N(m, diag(1/Λ_ii)).
     inputs, targets, _, precision, mean = linear_problem()
     vi = MeanFieldVI(nn.Linear(2, 1).double(), PRIOR_VAR, init_rho=-2.0)
-    vi.fit(inputs, targets, NOISE_VAR, num_steps=1500, lr=0.02, num_samples=16,
+    vi.fit(inputs, targets, noise_var=NOISE_VAR, num_steps=1500, lr=0.02, num_samples=16,
            optimizer="adam", generator=torch.Generator().manual_seed(0))  # fmt: skip
     posterior_std = torch.linalg.inv(precision).diagonal().sqrt()
     assert ((vi.mean.detach() - mean).abs() / posterior_std).max() < 0.15
@@ -54,4 +54,4 @@ def test_bad_input_raises_user_error():
         MeanFieldVI(nn.Linear(2, 1), prior_var=0.0)
     vi = MeanFieldVI(nn.Linear(2, 1), prior_var=1.0)
     with pytest.raises(UserError):
-        vi.fit(torch.zeros(3, 2), torch.zeros(3, 1), 1.0, 1, 0.1, optimizer="lbfgs")
+        vi.fit(torch.zeros(3, 2), torch.zeros(3, 1), noise_var=1.0, num_steps=1, lr=0.1, optimizer="lbfgs")

@@ -22,7 +22,7 @@ from tabulate import tabulate  # noqa: E402
 
 from experiments.train import run_swag  # noqa: E402
 from swag import bma, cli, data, metrics, models, plots, training  # noqa: E402
-from swag.posteriors import SWAG  # noqa: E402
+from swag.posteriors import SWA, SWAG, Checkpoint  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -62,10 +62,11 @@ def evaluate(args: argparse.Namespace, device: torch.device) -> dict[str, tuple]
     swag_model = SWAG(spec.build(num_classes).to(device))
     state = training.load_checkpoint(out / f"swag-{args.epochs}.pt", map_location=device)
     training.load_model_state(swag_model, state["state_dict"], "the final SWAG checkpoint")
+    swag_model.scale = args.scale
     methods = {
-        "SGD": (bma.CheckpointPosterior(sgd), 1),
-        "SWA": (bma.SWAPosterior(swag_model), 1),
-        "SWAG": (bma.SWAGPosterior(swag_model, scale=args.scale), args.swag_samples),
+        "SGD": (Checkpoint(sgd), 1),
+        "SWA": (SWA(swag_model), 1),
+        "SWAG": (swag_model, args.swag_samples),
     }
     predictions = {}
     for name, (posterior, samples) in methods.items():

@@ -1,10 +1,11 @@
 """Evaluate MultiSWAG, MultiSWA or a deep ensemble on the clean and shifted test sets.
 
-The original `experiments/train/eval_multiswag.py` (UPSTREAM.md §1.2) with its flags, its bugs
-fixed (each checkpoint is sampled with its own deviation matrix, sampling is seeded, NLL is a
-mean over examples), plus --method, --corrupted_path, BN-update and calibration options. Every
-SWAG sample is drawn once, BN-updated once, and scored on every test set. Writes to --savedir:
-eval_command.sh, config.json, <method>.json / .csv (metrics for m = 1..M members, per test set),
+The original `experiments/train/eval_multiswag.py` (docs/original_code.md) with its flags, its
+bugs fixed (each checkpoint is sampled with its own deviation matrix, sampling is seeded, NLL is
+a mean over examples), plus --method (any method registered in swag.posteriors.methods),
+--corrupted_path, BN-update and calibration options. Every sample is drawn once, BN-updated
+once, and scored on every test set. Writes to --savedir: eval_command.sh,
+eval_command_config.json, <method>.json / .csv (metrics for m = 1..M members, per test set),
 <method>_probs.npz (clean-set predictions of all M members) and, with --cache_probs,
 probs_<method>/ (float16 per-sample probabilities).
 
@@ -26,10 +27,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from swag import bma, bma_results, cli, data, models  # noqa: E402
-from swag.bma import METHODS  # noqa: E402
+from swag import bma, bma_results, cli, data, models, posteriors  # noqa: E402
 from swag.bma_results import METRICS  # noqa: E402
 from swag.errors import UserError  # noqa: E402
+from swag.posteriors.methods import SamplingOptions  # noqa: E402
 from swag.shift import load_shifted  # noqa: E402
 
 
@@ -38,13 +39,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--savedir", required=True, help="output directory")
     parser.add_argument(
         "--swag_ckpts", nargs="*", required=True, metavar="PT",
-        help="one file per member: swag-<e>.pt (multiswag, multiswa) or checkpoint-<e>.pt "
-        "(ensemble)",
+        help="one file per member: swag-<e>.pt (multiswag, multiswa), checkpoint-<e>.pt "
+        "(ensemble), or the posterior file of another method",
     )  # fmt: skip
-    parser.add_argument("--method", default="multiswag", choices=METHODS)
+    parser.add_argument("--method", default="multiswag", choices=posteriors.method_names())
     parser.add_argument(
-        "--swag_samples", type=int, default=20, help="samples per member (multiswag only)"
-    )
+        "--swag_samples", type=int, default=20,
+        help="samples per member (one for deterministic members: SWA means, checkpoints)",
+    )  # fmt: skip
     parser.add_argument(
         "--max_num_models", type=int, default=20, help="use at most this many deviation columns"
     )
@@ -144,13 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device, seed=args.seed, memory_format=memory_format,
     )  # fmt: skip
     sets = test_sets(args, spec, loaders)
-    num_samples = args.swag_samples if args.method == "multiswag" else 1
+    options = SamplingOptions(scale=args.scale, legacy_variance=args.legacy_variance,
+                              max_num_models=args.max_num_models)  # fmt: skip
     members = bma.CheckpointMembers(
         args.swag_ckpts, args.method,
-        lambda: spec.build(num_classes).to(args.device, memory_format=memory_format),
-        scale=args.scale, legacy_variance=args.legacy_variance,
-        max_num_models=args.max_num_models,
+        lambda: spec.build(num_classes).to(args.device, memory_format=memory_format), options,
     )  # fmt: skip
+    num_samples = 1 if members.check() else args.swag_samples
     result = bma.bayesian_model_average(
         members, sets, num_samples, args.device, bn_loader=loaders["train"],
         bn_subset=args.bn_subset, seed=args.seed, bf16=args.bf16,

@@ -24,8 +24,7 @@ from tabulate import tabulate  # noqa: E402
 from swag import cli, metrics  # noqa: E402
 from swag.bma_results import load_probability_cache, split_test_set_name  # noqa: E402
 from swag.errors import UserError  # noqa: E402
-
-LABELS = {"ensemble": "DE", "multiswa": "MultiSWA", "multiswag": "MultiSWAG"}
+from swag.posteriors import get_method, method_names  # noqa: E402
 
 
 def member_nlls(cache: Path) -> dict[str, np.ndarray]:
@@ -55,13 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for cache in args.caches:
         method = cache.name.removeprefix("probs_")
-        if method not in LABELS:
+        if method not in method_names():
             raise UserError(f"{cache} is not a probs_<method>/ folder of eval_multiswag.py")
         results[method] = by_severity(member_nlls(cache))
     rows = []
     for group in next(iter(results.values())):
         for method, table in results.items():
-            rows.append([group, LABELS[method], *table[group], table[group].mean()])
+            rows.append([group, get_method(method).label, *table[group], table[group].mean()])
         if {"ensemble", "multiswag"} <= results.keys():
             gap = results["ensemble"][group] - results["multiswag"][group]
             rows.append([group, "DE − MultiSWAG", *gap, gap.mean()])

@@ -19,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout, uninstalled
 
 from swag import cli  # noqa: E402
-from swag.bma import METHODS  # noqa: E402
+from swag.io import atomic_savefig  # noqa: E402
+from swag.posteriors import get_method, method_names  # noqa: E402
 from swag.bma_results import (  # noqa: E402
     load_probability_cache,
     prefix_metrics,
@@ -27,8 +28,6 @@ from swag.bma_results import (  # noqa: E402
 )
 from swag.errors import UserError  # noqa: E402
 
-LABELS = {"ensemble": "Deep Ensembles", "multiswa": "MultiSWA", "multiswag": "MultiSWAG"}
-COLOURS = {"ensemble": "tab:blue", "multiswa": "tab:orange", "multiswag": "tab:green"}
 TITLES = {"nll": "NLL", "accuracy": "accuracy", "ece": "ECE", "brier": "Brier"}
 
 
@@ -60,7 +59,7 @@ def severity_table(curves: dict[str, dict], rows, metric: str) -> str:
     num_models = max(len(c[n]) for c in curves.values() for n in c)
     lines = ["| method | severity | " + " | ".join(f"m={m}" for m in range(1, num_models + 1))]
     lines.append("|---|---" + "|---" * num_models)
-    for method in (m for m in METHODS if m in curves):
+    for method in (m for m in method_names() if m in curves):
         for severity, names in sorted(by_severity.items()):
             values = [
                 sum(curves[method][n][m][metric] for n in names) / len(names)
@@ -68,7 +67,7 @@ def severity_table(curves: dict[str, dict], rows, metric: str) -> str:
             ]
             label = "clean" if severity == 0 else f"{severity} (mean of {len(names)})"
             lines.append(
-                f"| {LABELS[method]} | {label} | " + " | ".join(f"{v:.4f}" for v in values)
+                f"| {get_method(method).label} | {label} | " + " | ".join(f"{v:.4f}" for v in values)
             )
     return "\n".join(line + " |" for line in lines)
 
@@ -118,11 +117,11 @@ def plot(curves: dict[str, dict], metric: str, rows, path: Path) -> None:
         for c, (severity, name) in enumerate(cells):
             axis = axes[r, c]
             axis.set_visible(True)
-            for method in METHODS:
-                if method in curves and name in curves[method]:
-                    entries = curves[method][name]
+            for method in (get_method(m) for m in method_names()):
+                if method.name in curves and name in curves[method.name]:
+                    entries = curves[method.name][name]
                     xs, ys = [e["num_models"] for e in entries], [e[metric] for e in entries]
-                    axis.plot(xs, ys, marker="o", ms=3, color=COLOURS[method], label=LABELS[method])
+                    axis.plot(xs, ys, marker="o", ms=3, color=method.colour, label=method.label)
             axis.set_title(corruption if severity == 0 else f"{corruption}, severity {severity}",
                            fontsize=8)  # fmt: skip
             axis.tick_params(labelsize=7)
@@ -130,18 +129,18 @@ def plot(curves: dict[str, dict], metric: str, rows, path: Path) -> None:
             axis.set_ylabel(TITLES[metric], fontsize=7)
     axes[0, 0].legend(fontsize=7)
     figure.tight_layout()
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temporary, dpi=110)
+    atomic_savefig(figure, path, dpi=110)
     plt.close(figure)
-    temporary.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     curves = dict(load_curves(Path(p)) for p in args.results)
-    unknown = sorted(set(curves) - set(METHODS))
+    unknown = sorted(set(curves) - set(method_names()))
     if unknown:
-        raise UserError(f"unknown methods {unknown} in --results; expected {', '.join(METHODS)}")
+        raise UserError(
+            f"unknown methods {unknown} in --results; expected {', '.join(method_names())}"
+        )
     names = list(dict.fromkeys(name for c in curves.values() for name in c))
     rows = panels(names, args.corruptions, args.severities)
     if not rows:

@@ -1,14 +1,31 @@
-"""Posteriors over network weights: SWA/SWAG, and the baselines of the paper.
+"""Posteriors over network weights behind one contract (`base.Posterior`), and their methods.
 
-- `SWAG` (swag.py): SWA and SWA-Gaussian (Maddox et al., 2019).
+Every posterior is built from a model instance, fitted or collected by its own step, and then
+used the same way: `sample(generator)` writes one weight draw into `.model`, `save(path)` and
+`load(path, model)` round-trip it (base.py). Registered kinds:
+
+- "swag", "swa" (swag.py): SWA and SWA-Gaussian (Maddox et al., 2019);
+- "checkpoint" (checkpoint.py): fixed trained weights, one deep-ensemble member;
+- "deep_ensemble" (ensembles.py): M members trained all at once with vmap (1-D regression);
+- "vi" (vi.py): mean-field Bayes by backprop with a closed-form Gaussian KL;
 - `hmc` (hmc.py): batched full-batch Hamiltonian Monte Carlo over any `nn.Module`.
-- `DeepEnsemble` (ensembles.py): members trained all at once with vmap.
-- `MeanFieldVI` (vi.py): Bayes by backprop with a closed-form Gaussian KL.
+
+`eval_multiswag.py --method` choices, labels and colours come from `methods.py`.
 """
 
+from swag.posteriors.base import (
+    Posterior,
+    detect_kind,
+    load,
+    posterior_class,
+    posterior_kinds,
+    register_posterior,
+)
+from swag.posteriors.swag import SWA, SWAG  # noqa: I001  (registration order: MultiSWAG first)
+from swag.posteriors.checkpoint import Checkpoint
 from swag.posteriors.ensembles import DeepEnsemble, initial_members, map_loss, train_members
+from swag.posteriors.flat import FlatModel, assign_parameters, flatten_parameters
 from swag.posteriors.hmc import (
-    FlatModel,
     HMCResult,
     gaussian_log_posterior,
     hmc,
@@ -16,21 +33,42 @@ from swag.posteriors.hmc import (
     split_rhat,
     value_and_grad,
 )
-from swag.posteriors.swag import SWAG
+from swag.posteriors.methods import (
+    Method,
+    SamplingOptions,
+    get_method,
+    method_names,
+    register_method,
+)
 from swag.posteriors.vi import MeanFieldVI, gaussian_kl
 
 __all__ = [
+    "SWA",
     "SWAG",
+    "Checkpoint",
     "DeepEnsemble",
     "FlatModel",
     "HMCResult",
     "MeanFieldVI",
+    "Method",
+    "Posterior",
+    "SamplingOptions",
+    "assign_parameters",
+    "detect_kind",
+    "flatten_parameters",
     "gaussian_kl",
     "gaussian_log_posterior",
+    "get_method",
     "hmc",
     "initial_members",
     "leapfrog",
+    "load",
     "map_loss",
+    "method_names",
+    "posterior_class",
+    "posterior_kinds",
+    "register_method",
+    "register_posterior",
     "split_rhat",
     "train_members",
     "value_and_grad",

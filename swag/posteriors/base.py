@@ -171,6 +171,7 @@ def load(
     source: str | Path | Mapping[str, Any],
     model: nn.Module,
     map_location: str | torch.device | None = None,
+    name: str | None = None,
 ) -> Posterior:
     """The posterior stored in `source` (a path or a loaded dictionary), over `model`.
 
@@ -180,6 +181,7 @@ def load(
         model: a fresh instance of the architecture the file was made with; the posterior
             writes draws into it.
         map_location: where tensors go (default: the device of `model`).
+        name: how error messages call `source` (default: its path).
 
     Raises:
         UserError: unknown or newer kind, another architecture, unreadable file.
@@ -188,7 +190,8 @@ def load(
 
     if map_location is None:
         map_location = next(model.parameters()).device
-    name = str(source) if isinstance(source, str | Path) else "the posterior state"
+    if name is None:
+        name = str(source) if isinstance(source, str | Path) else "the posterior state"
     if isinstance(source, str | Path):
         state = load_checkpoint(source, map_location=map_location)
     else:

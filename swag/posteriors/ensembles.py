@@ -4,7 +4,7 @@ Lakshminarayanan et al. (2017); Wilson & Izmailov (2020) read a deep ensemble as
 Bayesian model average over M basins: `p(y | x, D) ≈ (1/M) Σ_m p(y | x, θ_m)`, each θ_m a MAP
 estimate from its own random initialisation. Here every member takes the same full-batch SGD
 steps as it would alone (the members never interact), but all of them in one batched
-computation (`torch.func.functional_call` under `vmap`, see `hmc.FlatModel`).
+computation (`torch.func.functional_call` under `vmap`, see `flat.FlatModel`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from swag.errors import UserError
-from swag.posteriors.hmc import FlatModel, value_and_grad
+from swag.posteriors.flat import FlatModel
+from swag.posteriors.base import Posterior, register_posterior
+from swag.posteriors.hmc import value_and_grad
 
 
 def initial_members(model: nn.Module, seeds: Sequence[int]) -> Tensor:
@@ -68,10 +70,11 @@ def train_members(
     thetas: Tensor,
     inputs: Tensor,
     targets: Tensor,
-    num_steps: int,
-    lr: float,
+    *,
     noise_var: float,
     prior_var: float | None = None,
+    num_steps: int,
+    lr: float,
     progress: bool = False,
     compile: bool = False,
 ) -> Tensor:
@@ -81,8 +84,8 @@ def train_members(
         flat_model: the network, evaluated at flat parameter vectors.
         thetas: `[M, D]` initial members.
         inputs: `[N, ...]`; targets: `[N, out]`.
-        num_steps: SGD steps; lr: step size η.
         noise_var, prior_var: σ² and s² of `map_loss` (`prior_var=None`: no prior term).
+        num_steps: SGD steps; lr: step size η.
         progress: show a tqdm bar.
         compile: compile the gradient with `torch.compile` (see `hmc.value_and_grad`).
 
@@ -105,46 +108,54 @@ def train_members(
     return thetas
 
 
-class DeepEnsemble(nn.Module):
-    """M members of one architecture, stored as the buffer `members [M, D]`.
+@register_posterior
+class DeepEnsemble(Posterior):
+    """M members of one architecture, stored as the buffer `members [M, D]` (kind "deep_ensemble").
+
+    As a posterior it is the uniform mixture of M point masses: `sample(generator)` writes a
+    uniformly drawn member into `model`. `forward` evaluates all members at once.
 
     Args:
-        model: the architecture, kept as a submodule so `.to()` moves its buffers; its own
-            parameters are never changed or used.
+        model: the architecture, kept as a submodule so `.to()` moves its buffers; `sample`
+            writes members into its parameters.
         seeds: one initialisation seed per member (see `initial_members`).
+        prior_var: s² of the Gaussian prior of the MAP objective (None: maximum likelihood).
     """
 
-    def __init__(self, model: nn.Module, seeds: Sequence[int]):
-        super().__init__()
-        self.model = model
+    kind = "deep_ensemble"
+
+    def __init__(self, model: nn.Module, seeds: Sequence[int], prior_var: float | None = None):
+        super().__init__(model)
+        self.seeds, self.prior_var = [int(s) for s in seeds], prior_var
         self.flat = FlatModel(model)
-        self.register_buffer("members", initial_members(model, seeds))
+        self.register_buffer("members", initial_members(model, self.seeds))
+
+    def config(self) -> dict:
+        return {"seeds": self.seeds, "prior_var": self.prior_var}
 
     def fit(
         self,
         inputs: Tensor,
         targets: Tensor,
+        *,
+        noise_var: float,
         num_steps: int,
         lr: float,
-        noise_var: float,
-        prior_var: float | None = None,
         progress: bool = False,
         compile: bool = False,
     ) -> DeepEnsemble:
         """Trains all members with `train_members`; returns self."""
         self.members = train_members(
-            self.flat,
-            self.members,
-            inputs,
-            targets,
-            num_steps,
-            lr,
-            noise_var,
-            prior_var,
-            progress,
-            compile,
-        )
+            self.flat, self.members, inputs, targets, noise_var=noise_var,
+            prior_var=self.prior_var, num_steps=num_steps, lr=lr, progress=progress,
+            compile=compile,
+        )  # fmt: skip
         return self
+
+    def sample(self, generator: torch.Generator | None = None) -> None:
+        """Write one member, drawn uniformly, into `model`."""
+        index = torch.randint(len(self.members), (), generator=generator, device=self.device)
+        self.flat.load(self.members[index])
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Every member's output: `inputs [N, ...] -> [M, N, out]`."""

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from swag.errors import UserError
+from swag.posteriors.flat import FlatModel
 from swag.posteriors.mlp_gradient import (
     compiled_step,
     mlp_ascent_step,
@@ -40,44 +41,6 @@ LogProbFn = Callable[[Tensor], Tensor]
 GradFn = Callable[[Tensor], tuple[Tensor, Tensor]]
 # (thetas, momenta, grads, step_size, num_steps, inverse_mass) -> same as `leapfrog`
 TrajectoryFn = Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]
-
-
-class FlatModel:
-    """A module at flat parameter vectors: `thetas [C, D], inputs [N, ...] -> [C, N, ...]`.
-
-    The module's own parameters are left untouched; its buffers are shared by all `C` vectors.
-    The flat layout is the order of `model.named_parameters()`, as `parameters_to_vector`.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.names = [name for name, _ in model.named_parameters()]
-        self.shapes = [p.shape for _, p in model.named_parameters()]
-        self.sizes = [p.numel() for _, p in model.named_parameters()]
-        self.dim = sum(self.sizes)
-
-    def flatten(self) -> Tensor:
-        """The module's current parameters as one detached vector `theta [D]`."""
-        return torch.cat([p.detach().reshape(-1) for p in self.model.parameters()])
-
-    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
-        """Views of `theta [D]` shaped like the module's parameters, keyed by name."""
-        chunks = torch.split(theta, self.sizes)
-        return {n: c.view(s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)}
-
-    def load(self, theta: Tensor) -> None:
-        """Writes `theta [D]` into the module's parameters (for plain, unbatched use)."""
-        torch.nn.utils.vector_to_parameters(theta.detach(), self.model.parameters())
-
-    def __call__(self, thetas: Tensor, inputs: Tensor) -> Tensor:
-        if thetas.dim() != 2 or thetas.shape[1] != self.dim:
-            raise UserError(f"pass parameter vectors of shape [C, {self.dim}], not {thetas.shape}")
-        buffers = dict(self.model.named_buffers())
-
-        def one(theta: Tensor) -> Tensor:
-            return functional_call(self.model, ({**self.unflatten(theta), **buffers},), (inputs,))
-
-        return vmap(one)(thetas)
 
 
 class GaussianLogPosterior:

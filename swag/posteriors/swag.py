@@ -10,7 +10,7 @@ and samples θ̃ = θ_SWA + √scale · (Σ_diag^{1/2} ⊙ z₁ + D z₂ / √(K
 z₂ ~ N(0, I_K). With scale = 0.5 this is the SWAG paper's
 θ̃ = θ_SWA + (1/√2) Σ_diag^{1/2} z₁ + (1/√(2(K−1))) D z₂.
 
-Differences from the original repository (UPSTREAM.md §2.6, §8):
+Differences from the original repository (docs/original_code.md, "SWAG"):
 - the moments are accumulated with Welford's update in float64, so tiny variances of large
   weights survive (the original subtracted two float32 running means);
 - `cov_mat=False` gives SWAG-diagonal (the original flag was a no-op);
@@ -27,26 +27,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from swag.errors import UserError
-
-
-def flatten_parameters(model: nn.Module, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """All parameters of `model` as one vector [D], in `model.parameters()` order."""
-    return torch.cat([p.detach().reshape(-1).to(dtype or p.dtype) for p in model.parameters()])
-
-
-@torch.no_grad()
-def assign_parameters(model: nn.Module, vector: torch.Tensor) -> None:
-    """Copy `vector [D]` into the parameters of `model` (the inverse of `flatten_parameters`)."""
-    offset = 0
-    for parameter in model.parameters():
-        numel = parameter.numel()
-        parameter.copy_(vector[offset : offset + numel].view_as(parameter))
-        offset += numel
+from swag.posteriors.base import Posterior, register_legacy_reader, register_posterior
+from swag.posteriors.flat import assign_parameters, flatten_parameters, num_parameters
+from swag.posteriors.methods import Method, SamplingOptions, register_method
 
 
 def welford_update(
@@ -68,12 +57,13 @@ def low_rank_scale(num_columns: int) -> float:
     return 1.0 / math.sqrt(num_columns - 1) if num_columns >= 2 else 0.0
 
 
-class SWAG(nn.Module):
-    """SWAG posterior over the parameters of a model instance.
+@register_posterior
+class SWAG(Posterior):
+    """SWAG posterior over the parameters of a model instance (kind "swag").
 
-    The model is held as `base_model`; `sample` and `set_swa` write weights into it. BatchNorm
-    running statistics are not part of the posterior: recompute them with
-    `swag.training.update_bn` after every `sample` / `set_swa`.
+    The model is held as `base_model` (also `model`); `sample` and `set_swa` write weights into
+    it. BatchNorm running statistics are not part of the posterior (`needs_bn_update`):
+    recompute them with `swag.training.update_bn` after every `sample` / `set_swa`.
 
     Buffers (all move with `.to()` and are saved by `state_dict()`):
         n_models []: number of collected iterates n.
@@ -87,7 +77,14 @@ class SWAG(nn.Module):
         max_num_models: maximum rank K of the low-rank part (`--max_num_models`).
         var_clamp: lower bound of the diagonal variance.
         cov_mat: keep the low-rank deviation matrix (SWAG); False gives SWAG-diagonal.
+
+    Attributes read by `sample(generator)` (evaluation options, not saved):
+        scale: covariance scale (0.5 in the paper), cov: include the low-rank term,
+        legacy_variance: the paper-era bug (see `sample`).
     """
+
+    kind = "swag"
+    needs_bn_update = True
 
     def __init__(
         self,
@@ -96,19 +93,29 @@ class SWAG(nn.Module):
         var_clamp: float = 1e-6,
         cov_mat: bool = True,
     ):
-        super().__init__()
+        nn.Module.__init__(self)  # the model is `base_model`, the original's name and key prefix
         self.base_model = model
         self.max_num_models = int(max_num_models)
         self.var_clamp = float(var_clamp)
         self.cov_mat = bool(cov_mat)
-        num_parameters = sum(p.numel() for p in model.parameters())
+        self.scale, self.cov, self.legacy_variance = 0.5, True, False
+        size = num_parameters(model)
         device = next(model.parameters()).device
         self.register_buffer("n_models", torch.zeros((), dtype=torch.long, device=device))
-        self.register_buffer(
-            "mean", torch.zeros(num_parameters, dtype=torch.float64, device=device)
-        )
-        self.register_buffer("m2", torch.zeros(num_parameters, dtype=torch.float64, device=device))
-        self.register_buffer("deviations", torch.zeros(0, num_parameters, device=device))
+        self.register_buffer("mean", torch.zeros(size, dtype=torch.float64, device=device))
+        self.register_buffer("m2", torch.zeros(size, dtype=torch.float64, device=device))
+        self.register_buffer("deviations", torch.zeros(0, size, device=device))
+
+    @property
+    def model(self) -> nn.Module:
+        return self.base_model
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "max_num_models": self.max_num_models,
+            "var_clamp": self.var_clamp,
+            "cov_mat": self.cov_mat,
+        }
 
     @property
     def num_parameters(self) -> int:
@@ -159,24 +166,29 @@ class SWAG(nn.Module):
     @torch.no_grad()
     def sample(
         self,
-        scale: float = 0.5,
-        cov: bool = True,
         generator: torch.Generator | None = None,
-        legacy_variance: bool = False,
+        *,
+        scale: float | None = None,
+        cov: bool | None = None,
+        legacy_variance: bool | None = None,
     ) -> torch.Tensor:
         """Draw θ̃ = θ_SWA + √scale·(Σ_diag^{1/2} ⊙ z₁ + D z₂/√(K−1)), write it into `base_model`.
 
         Args:
-            scale: posterior tempering of the covariance (0.5 in the paper's MultiSWAG); not
-                calibration temperature scaling of logits.
-            cov: include the low-rank term (False samples SWAG-diagonal from a full SWAG).
             generator: source of z₁ and z₂; its device must be the posterior's device.
+            scale: posterior tempering of the covariance (default `self.scale`, 0.5 as in the
+                paper's MultiSWAG); not calibration temperature scaling of logits.
+            cov: include the low-rank term (default `self.cov`; False samples SWAG-diagonal
+                from a full SWAG).
             legacy_variance: multiply z₁ by Σ_diag instead of Σ_diag^{1/2}, as all paper-era
-                code did (UPSTREAM.md §2.6.4). Only for reproducing the paper's numbers.
+                code did (docs/original_code.md). Only for reproducing the paper's numbers.
 
         Returns:
             theta [D], float64.
         """
+        scale = self.scale if scale is None else scale
+        cov = self.cov if cov is None else cov
+        legacy_variance = self.legacy_variance if legacy_variance is None else legacy_variance
         self._require_models()
         variance = self.variance()
         diagonal_factor = variance if legacy_variance else variance.sqrt()
@@ -193,6 +205,11 @@ class SWAG(nn.Module):
         theta = self.mean + math.sqrt(scale) * perturbation
         assign_parameters(self.base_model, theta)
         return theta
+
+    def keep_last_columns(self, max_num_models: int | None) -> None:
+        """Use only the most recent `max_num_models` deviation columns (None: all)."""
+        if max_num_models is not None and self.rank > max_num_models:
+            self.deviations = self.deviations[self.rank - max_num_models :]
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, *args):
         stored = state_dict.get(prefix + "mean")
@@ -215,7 +232,7 @@ class SWAG(nn.Module):
         model: nn.Module,
         var_clamp: float = 1e-6,
     ) -> SWAG:
-        """Build a SWAG from the original repository's `swag-<epoch>.pt` (UPSTREAM.md §1.1).
+        """Build a SWAG from the original repository's `swag-<epoch>.pt` (docs/original_code.md).
 
         The original stores float32 running moments `mean` and `sq_mean`, `n_models`, and the
         deviation matrix as `subspace.cov_mat_sqrt` [K, D]. Its parameter order is
@@ -223,7 +240,7 @@ class SWAG(nn.Module):
         """
         from swag.training import load_checkpoint
 
-        state = load_checkpoint(source) if isinstance(source, str | Path) else dict(source)
+        state = load_checkpoint(source, next(model.parameters()).device) if isinstance(source, str | Path) else dict(source)
         state = state.get("state_dict", state)
         required = ("mean", "sq_mean", "n_models", "subspace.cov_mat_sqrt")
         if any(key not in state for key in required):
@@ -249,3 +266,76 @@ class SWAG(nn.Module):
         posterior.deviations = deviations.to(device)
         posterior.set_swa()
         return posterior
+
+
+@register_posterior
+class SWA(Posterior):
+    """The point mass at θ_SWA of a SWAG posterior (kind "swa"; MultiSWA's members).
+
+    Deterministic, but BatchNorm statistics must still be recomputed for the averaged weights.
+    """
+
+    kind = "swa"
+    needs_bn_update = True
+    deterministic = True
+
+    def __init__(self, model: nn.Module | SWAG, **swag_config):
+        nn.Module.__init__(self)
+        self.swag = model if isinstance(model, SWAG) else SWAG(model, **swag_config)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.swag.base_model
+
+    def config(self) -> dict[str, Any]:
+        return self.swag.config()
+
+    def sample(self, generator: torch.Generator | None = None) -> None:
+        self.swag.set_swa()
+
+
+def _is_upstream_swag(state: Mapping[str, Any]) -> bool:
+    weights = state.get("state_dict", state)
+    return "sq_mean" in weights and "subspace.cov_mat_sqrt" in weights
+
+
+def _is_unversioned_swag(state: Mapping[str, Any]) -> bool:
+    weights = state.get("state_dict", state)
+    return "mean" in weights and "m2" in weights and "deviations" in weights
+
+
+def _read_legacy_swag(state: Mapping[str, Any], model: nn.Module, source: str) -> SWAG:
+    """SWAG files without `kind`: the original repository's, or this project's before it."""
+    weights = state.get("state_dict", state)
+    if _is_upstream_swag(state):
+        return SWAG.load_upstream(weights, model)
+    posterior = SWAG(model, max_num_models=max(int(weights["deviations"].shape[0]), 20))
+    posterior.load_file_state({"state_dict": weights}, source)
+    return posterior
+
+
+register_legacy_reader(
+    "swag", lambda state: _is_upstream_swag(state) or _is_unversioned_swag(state), _read_legacy_swag
+)
+
+
+def _as_swag_sampler(posterior: Posterior, options: SamplingOptions) -> Posterior:
+    posterior.scale, posterior.cov = options.scale, options.cov
+    posterior.legacy_variance = options.legacy_variance
+    posterior.keep_last_columns(options.max_num_models)
+    return posterior
+
+
+register_method(
+    Method(
+        "multiswag", "MultiSWAG", "tab:green", kinds=("swag",), adapt=_as_swag_sampler,
+        file_hint="the swag-<epoch>.pt of each run trained with --swag",
+    )
+)  # fmt: skip
+register_method(
+    Method(
+        "multiswa", "MultiSWA", "tab:orange", kinds=("swag",),
+        adapt=lambda posterior, options: SWA(posterior),
+        file_hint="the swag-<epoch>.pt of each run trained with --swag",
+    )
+)  # fmt: skip

@@ -4,7 +4,7 @@ Blundell et al. (2015). The approximate posterior is `q(θ) = N(μ, diag(σ²))`
 `σ = softplus(ρ) + eps`; a sample is the reparameterisation `θ = μ + σ ⊙ ε`, `ε ~ N(0, I)`, and
 it enters the network through `torch.func.functional_call`, so the likelihood's gradient
 reaches both μ and ρ. (The original's Feb-2020 `VIFFGModel` copied samples into `.data`, so
-only the KL term was trained: UPSTREAM.md §2.7.6, issue #8.) The loss is the negative ELBO
+only the KL term was trained; docs/original_code.md.) The loss is the negative ELBO
 per datapoint, as in the original notebooks:
 
     L(μ, ρ) = E_q[ mean_n ||y_n - f_θ(x_n)||² / (2σ²) ] + KL(q || N(0, s² I)) / N,
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from swag.errors import UserError
-from swag.posteriors.hmc import FlatModel
+from swag.posteriors.base import Posterior, register_posterior
+from swag.posteriors.flat import FlatModel
 
 
 def gaussian_kl(mean: Tensor, std: Tensor, prior_var: float) -> Tensor:
@@ -38,24 +39,31 @@ def gaussian_kl(mean: Tensor, std: Tensor, prior_var: float) -> Tensor:
     ).sum()
 
 
-class MeanFieldVI(nn.Module):
-    """A fully factorised Gaussian over the flat parameters of `model`.
+@register_posterior
+class MeanFieldVI(Posterior):
+    """A fully factorised Gaussian over the flat parameters of `model` (kind "vi").
+
+    `sample(generator)` writes one draw θ = μ + σ ⊙ ε into `model`; `draw` gives differentiable
+    draws `[S, D]` for training and for batched predictions.
 
     Args:
         model: the architecture; its current parameters initialise the means μ. It is kept as
-            a submodule so `.to()` moves its buffers; its parameters are never changed.
+            a submodule so `.to()` moves its buffers; only `sample` writes its parameters.
         prior_var: variance s² of the N(0, s² I) prior.
         init_rho: initial ρ for every weight (-3 gives σ ≈ 0.0486, the Dec-2020 notebook).
         eps: floor added to softplus(ρ).
     """
 
+    kind = "vi"
+    needs_bn_update = True
+
     def __init__(
         self, model: nn.Module, prior_var: float, init_rho: float = -3.0, eps: float = 1e-6
     ):
-        super().__init__()
+        super().__init__(model)
         if prior_var <= 0:
-            raise UserError("pass a positive prior variance for VI")
-        self.model = model
+            raise UserError(f"pass a positive prior_var for VI, got {prior_var}")
+        self.init_rho = init_rho
         self.flat = FlatModel(model)
         self.prior_var = prior_var
         self.eps = eps
@@ -67,7 +75,15 @@ class MeanFieldVI(nn.Module):
         """σ = softplus(ρ) + eps, `[D]`."""
         return F.softplus(self.rho) + self.eps
 
-    def sample(self, num_samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
+    def config(self) -> dict:
+        return {"prior_var": self.prior_var, "init_rho": self.init_rho, "eps": self.eps}
+
+    @torch.no_grad()
+    def sample(self, generator: torch.Generator | None = None) -> None:
+        """Write one draw θ = μ + σ ⊙ ε into `model`."""
+        self.flat.load(self.draw(1, generator)[0])
+
+    def draw(self, num_samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
         """Reparameterised draws `θ = μ + σ ⊙ ε`, differentiable in μ and ρ: `[S, D]`."""
         noise = torch.randn(
             (num_samples, self.mean.numel()), generator=generator, device=self.mean.device
@@ -82,7 +98,7 @@ class MeanFieldVI(nn.Module):
         self, inputs: Tensor, num_samples: int = 1, generator: torch.Generator | None = None
     ) -> Tensor:
         """Network outputs at `num_samples` draws from q: `inputs [N, ...] -> [S, N, out]`."""
-        return self.flat(self.sample(num_samples, generator), inputs)
+        return self.flat(self.draw(num_samples, generator), inputs)
 
     def negative_elbo(
         self,
@@ -101,6 +117,7 @@ class MeanFieldVI(nn.Module):
         self,
         inputs: Tensor,
         targets: Tensor,
+        *,
         noise_var: float,
         num_steps: int,
         lr: float,
