@@ -235,9 +235,10 @@ def test_temperature_scaled_curves_lower_heldout_nll_and_keep_accuracy():
 def test_max_num_models_keeps_the_most_recent_deviation_columns(tmp_path):
     swag = _swag(4, steps=5)
     path = _write_swag(tmp_path, swag, "swag")
-    posterior = next(iter(CheckpointMembers([path], "multiswag", _net, SamplingOptions(max_num_models=2))))
-    assert posterior.swag.rank == 2
-    torch.testing.assert_close(posterior.swag.deviations, swag.deviations[-2:])
+    options = SamplingOptions(max_num_models=2)
+    posterior = next(iter(CheckpointMembers([path], "multiswag", _net, options)))
+    assert posterior.rank == 2
+    torch.testing.assert_close(posterior.deviations, swag.deviations[-2:])
 
 
 def test_bf16_autocast_changes_probabilities_only_at_bf16_precision():
