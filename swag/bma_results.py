@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from swag import metrics
 from swag.calibration import fit_temperature, probs_to_logits, scale_logits
 from swag.errors import UserError
+from swag.io import atomic_savez, atomic_write_bytes
 
 METRICS = ("nll", "accuracy", "ece", "brier")
 
@@ -121,9 +121,7 @@ class ProbabilityCache:
         names, self.arrays = list(self.arrays), {}
         for name in names:
             os.replace(self.directory / f".{name}.npy.tmp", self.directory / f"{name}.npy")
-        buffer = io.BytesIO()
-        np.savez(buffer, **targets)
-        atomic_write_bytes(self.directory / "targets.npz", buffer.getvalue())
+        atomic_savez(self.directory / "targets.npz", **targets)
 
 
 def load_probability_cache(directory: str | Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -135,20 +133,6 @@ def load_probability_cache(directory: str | Path) -> tuple[dict[str, np.ndarray]
         targets = {name: f[name] for name in f.files}
     probs = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in targets}
     return probs, targets
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to a temporary file next to `path`, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def split_test_set_name(name: str) -> tuple[str, int]:

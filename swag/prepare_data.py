@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from swag import idx_format
 from swag.data import dataset_root
 from swag.errors import UserError
+from swag.io import atomic_output
 
 
 def prepare_mnist_format(source: Path, data_path: Path, dataset: str = "FashionMNIST") -> Path:
@@ -37,12 +36,10 @@ def prepare_mnist_format(source: Path, data_path: Path, dataset: str = "FashionM
                 f"{compressed} is missing; install Debian's dataset-fashion-mnist "
                 "(apt-get install dataset-fashion-mnist) or pass --source <folder of idx files>"
             )
-        handle, temporary = tempfile.mkstemp(dir=raw, prefix=f".{name}.")
-        with os.fdopen(handle, "wb") as out:
+        with atomic_output(target) as out:
             opener = gzip.open(compressed, "rb") if compressed.is_file() else open(plain, "rb")
             with opener as stream:
                 shutil.copyfileobj(stream, out)
-        os.replace(temporary, target)
     return raw
 
 

@@ -14,8 +14,6 @@ in the original notebooks (see `CONFIGS`).
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch
 from torch import Tensor
 
 from swag.errors import UserError
+from swag.io import atomic_savez
 from swag.models.regression_net import RegressionNet
 from swag.posteriors.ensembles import initial_members, train_members
 from swag.posteriors.flat import FlatModel
@@ -104,17 +103,8 @@ def make_data(seed: int = 0, noise_std: float = 0.04, weight_std: float = 0.1) -
 
 
 def save_npz(path: str | Path, arrays: dict) -> None:
-    """Writes `arrays` to `path` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Writes `arrays` to `path` atomically."""
+    atomic_savez(path, **arrays)
 
 
 @dataclass(frozen=True)

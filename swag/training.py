@@ -7,9 +7,7 @@ tensor-resident loader of `swag.data`), in which case moving them is free.
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from swag.errors import UserError
+from swag.io import atomic_torch_save
 
 
 class DivergenceError(UserError):
@@ -233,26 +232,6 @@ def update_bn(
         seen += batch
     for layer, momentum in zip(layers, momenta, strict=True):
         layer.momentum = momentum
-
-
-def atomic_torch_save(obj, path: str | Path) -> None:
-    """`torch.save` to a temporary file in the same directory, then rename over `path`.
-
-    A run killed mid-save leaves the previous file at `path` intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 def save_checkpoint(directory: str | Path, epoch: int, name: str = "checkpoint", **state) -> Path:

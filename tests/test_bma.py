@@ -187,9 +187,7 @@ def test_each_checkpoint_is_sampled_with_its_own_deviation_matrix(tmp_path):
 def test_members_reject_the_wrong_kind_of_checkpoint(tmp_path):
     swag_path = _write_swag(tmp_path, _swag(0), "swag")
     sgd_path = save_checkpoint(tmp_path, 10, state_dict=_net().state_dict())
-    assert isinstance(
-        next(iter(CheckpointMembers([sgd_path], "ensemble", _net))), Checkpoint
-    )
+    assert isinstance(next(iter(CheckpointMembers([sgd_path], "ensemble", _net))), Checkpoint)
     assert isinstance(next(iter(CheckpointMembers([swag_path], "multiswa", _net))), SWA)
     with pytest.raises(UserError, match="is a swag file.*checkpoint-<epoch>.pt"):
         next(iter(CheckpointMembers([swag_path], "ensemble", _net)))

@@ -76,4 +76,6 @@ def test_bad_input_raises_user_error():
         initial_members(RegressionNet(), [])
     inputs, targets = data()
     with pytest.raises(UserError):
-        DeepEnsemble(RegressionNet(), [0]).fit(inputs, targets, noise_var=NOISE_VAR, num_steps=5, lr=-1.0)
+        DeepEnsemble(RegressionNet(), [0]).fit(
+            inputs, targets, noise_var=NOISE_VAR, num_steps=5, lr=-1.0
+        )

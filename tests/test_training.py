@@ -13,6 +13,7 @@ from torch.optim.swa_utils import update_bn as torch_update_bn
 
 from swag import training
 from swag.errors import UserError
+from swag.io import atomic_torch_save
 
 
 # Learning-rate schedule (UPSTREAM.md §1.1), expected values worked out by hand:
@@ -231,13 +232,13 @@ class Exploding:
 
 def test_atomic_save_keeps_the_previous_file_when_the_save_fails(tmp_path):
     path = tmp_path / "checkpoint-1.pt"
-    training.atomic_torch_save({"epoch": 1, "w": torch.ones(3)}, path)
+    atomic_torch_save({"epoch": 1, "w": torch.ones(3)}, path)
     before = path.read_bytes()
     with pytest.raises(RuntimeError, match="simulated crash"):
-        training.atomic_torch_save({"w": torch.zeros(100_000), "bad": Exploding()}, path)
+        atomic_torch_save({"w": torch.zeros(100_000), "bad": Exploding()}, path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["checkpoint-1.pt"]  # no temporary left behind
-    training.atomic_torch_save({"epoch": 2}, path)
+    atomic_torch_save({"epoch": 2}, path)
     assert training.load_checkpoint(path) == {"epoch": 2}
 
 

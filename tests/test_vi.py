@@ -54,4 +54,11 @@ def test_bad_input_raises_user_error():
         MeanFieldVI(nn.Linear(2, 1), prior_var=0.0)
     vi = MeanFieldVI(nn.Linear(2, 1), prior_var=1.0)
     with pytest.raises(UserError):
-        vi.fit(torch.zeros(3, 2), torch.zeros(3, 1), noise_var=1.0, num_steps=1, lr=0.1, optimizer="lbfgs")
+        vi.fit(
+            torch.zeros(3, 2),
+            torch.zeros(3, 1),
+            noise_var=1.0,
+            num_steps=1,
+            lr=0.1,
+            optimizer="lbfgs",
+        )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from swag.errors import UserError
+from swag.io import atomic_output
 from ubdl_data.corruptions import get_corruption
 
 CHUNK = 250  # images per worker task
@@ -61,14 +61,8 @@ def load_test_set(dataset: str, datapath: str | os.PathLike) -> tuple[np.ndarray
 
 def save_atomic(path: Path, save: Callable[[object], None]) -> None:
     """Call `save(file)` on a temporary file next to `path`, then rename it to `path`."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            save(stream)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic_output(path) as stream:
+        save(stream)
 
 
 _IMAGES: np.ndarray | None = None

@@ -28,6 +28,7 @@ from tabulate import tabulate  # noqa: E402
 
 from swag import regression1d  # noqa: E402
 from swag.errors import UserError  # noqa: E402
+from swag.io import atomic_savefig, atomic_write_text  # noqa: E402
 from swag.wasserstein import w2_curves  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -84,9 +85,7 @@ def scaled_config(args: argparse.Namespace) -> regression1d.ExperimentConfig:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,10 +145,8 @@ def plot(curves: dict[str, list[float]], path: Path, title: str) -> None:
     ax.set(xscale="log", xlabel="members / samples k", ylabel="mean W2 to HMC", title=title)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

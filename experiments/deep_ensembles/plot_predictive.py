@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 
 from swag import regression1d  # noqa: E402
 from swag.errors import UserError  # noqa: E402
+from swag.io import atomic_savefig  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PANELS = [("hmc", "HMC"), ("ensemble", "Deep ensemble"), ("vi", "Mean-field VI")]
@@ -66,11 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     axes[0].set_ylabel("10 y")
     axes[0].legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_savefig(fig, out, dpi=120)
     plt.close(fig)
-    tmp.replace(out)
     print(f"wrote {out}")
     return 0
 

@@ -22,6 +22,7 @@ from tabulate import tabulate  # noqa: E402
 
 from experiments.train import run_swag  # noqa: E402
 from swag import bma, cli, data, metrics, models, plots, training  # noqa: E402
+from swag.io import atomic_write_text  # noqa: E402
 from swag.posteriors import SWA, SWAG, Checkpoint  # noqa: E402
 
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     print(tabulate(rows, headers="keys", floatfmt=".4f"))
     out = Path(args.dir)
     plots.reliability_diagram(predictions, out / "reliability.png", title="LeNet5, Fashion-MNIST")
-    cli.atomic_write_text(out / "demo_results.json", json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(out / "demo_results.json", json.dumps(rows, indent=2) + "\n")
     print(f"reliability diagram: {out / 'reliability.png'}")
     return 0
 

@@ -30,6 +30,7 @@ from tabulate import tabulate  # noqa: E402
 from swag import bma, bma_results, cli, data, models, posteriors  # noqa: E402
 from swag.bma_results import METRICS  # noqa: E402
 from swag.errors import UserError  # noqa: E402
+from swag.io import atomic_savez  # noqa: E402
 from swag.posteriors.methods import SamplingOptions  # noqa: E402
 from swag.shift import load_shifted  # noqa: E402
 
@@ -175,12 +176,11 @@ def main(argv: list[str] | None = None) -> int:
                                           "after": after}  # fmt: skip
         rows += bma_results.curve_rows(after, method=args.method, temperature_scaled=True)
     bma_results.write_results(out, args.method, payload, rows)
-    np.savez(
-        out / f".{args.method}_probs.tmp.npz",
+    atomic_savez(
+        out / f"{args.method}_probs.npz",
         predictions=result.member_probs["clean"].astype(np.float64).mean(0),
         targets=result.targets["clean"],
     )
-    (out / f".{args.method}_probs.tmp.npz").replace(out / f"{args.method}_probs.npz")
     shifted = [name for name in sets if name != "clean"]
     print(f"{args.method}: {len(members)} members x {num_samples} samples")
     print(summary(curves, shifted))

@@ -19,14 +19,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout, uninstalled
 
 from swag import cli  # noqa: E402
-from swag.io import atomic_savefig  # noqa: E402
-from swag.posteriors import get_method, method_names  # noqa: E402
 from swag.bma_results import (  # noqa: E402
     load_probability_cache,
     prefix_metrics,
     split_test_set_name,
 )
 from swag.errors import UserError  # noqa: E402
+from swag.io import atomic_savefig  # noqa: E402
+from swag.posteriors import get_method, method_names  # noqa: E402
 
 TITLES = {"nll": "NLL", "accuracy": "accuracy", "ece": "ECE", "brier": "Brier"}
 
@@ -67,7 +67,8 @@ def severity_table(curves: dict[str, dict], rows, metric: str) -> str:
             ]
             label = "clean" if severity == 0 else f"{severity} (mean of {len(names)})"
             lines.append(
-                f"| {get_method(method).label} | {label} | " + " | ".join(f"{v:.4f}" for v in values)
+                f"| {get_method(method).label} | {label} | "
+                + " | ".join(f"{v:.4f}" for v in values)
             )
     return "\n".join(line + " |" for line in lines)
 

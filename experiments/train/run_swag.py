@@ -19,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout, uninstalled
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from swag import cli, data, metrics, models, speed, training  # noqa: E402
 from swag.errors import UserError  # noqa: E402
+from swag.io import atomic_savez, atomic_write_text  # noqa: E402
 from swag.posteriors import SWAG  # noqa: E402
 
 COLUMNS = [
@@ -141,7 +141,7 @@ def truncate_metrics_log(path: Path, completed_epochs: int) -> None:
         return
     rows = [line for line in path.read_text().splitlines() if line.strip()]
     kept = [line for line in rows if json.loads(line)["ep"] <= completed_epochs]
-    cli.atomic_write_text(path, "".join(line + "\n" for line in kept))
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def should_collect(args, epoch: int) -> bool:
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.swag and run["sgd_ensemble"].num_members:
         targets = torch.cat([y.cpu() for _, y in run["loaders"]["test"]]).numpy()
         predictions = run["sgd_ensemble"].probs.numpy()
-        save_npz(out / "sgd_ens_preds.npz", predictions=predictions, targets=targets)
+        atomic_savez(out / "sgd_ens_preds.npz", predictions=predictions, targets=targets)
     return 0
 
 
@@ -278,12 +278,6 @@ def print_row(row: dict, header: bool) -> None:
     table = tabulate(values, COLUMNS, tablefmt="simple", floatfmt="8.4f")
     lines = table.split("\n")
     tqdm.write("\n".join(lines if header else lines[2:]))
-
-
-def save_npz(path: Path, **arrays) -> None:
-    temporary = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(temporary, **arrays)
-    temporary.replace(path)
 
 
 if __name__ == "__main__":

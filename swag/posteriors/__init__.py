@@ -21,7 +21,6 @@ from swag.posteriors.base import (
     posterior_kinds,
     register_posterior,
 )
-from swag.posteriors.swag import SWA, SWAG  # noqa: I001  (registration order: MultiSWAG first)
 from swag.posteriors.checkpoint import Checkpoint
 from swag.posteriors.ensembles import DeepEnsemble, initial_members, map_loss, train_members
 from swag.posteriors.flat import FlatModel, assign_parameters, flatten_parameters
@@ -40,6 +39,7 @@ from swag.posteriors.methods import (
     method_names,
     register_method,
 )
+from swag.posteriors.swag import SWA, SWAG
 from swag.posteriors.vi import MeanFieldVI, gaussian_kl
 
 __all__ = [

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from swag.errors import UserError
-from swag.posteriors.flat import FlatModel
 from swag.posteriors.base import Posterior, register_posterior
+from swag.posteriors.flat import FlatModel
 from swag.posteriors.hmc import value_and_grad
 
 

@@ -240,7 +240,11 @@ class SWAG(Posterior):
         """
         from swag.training import load_checkpoint
 
-        state = load_checkpoint(source, next(model.parameters()).device) if isinstance(source, str | Path) else dict(source)
+        state = (
+            load_checkpoint(source, next(model.parameters()).device)
+            if isinstance(source, str | Path)
+            else dict(source)
+        )
         state = state.get("state_dict", state)
         required = ("mean", "sq_mean", "n_models", "subspace.cov_mat_sqrt")
         if any(key not in state for key in required):
