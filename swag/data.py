@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from swag import idx_format
 from swag.errors import UserError
-from swag.models.registry import InputPreset
+from swag.transforms import InputPreset, input_preset
 
 DATASETS = ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST", "SVHN")
 MNIST_FORMAT = ("MNIST", "FashionMNIST")  # idx files, read without torchvision
@@ -192,7 +192,7 @@ class TensorLoader:
         self,
         images: torch.Tensor,
         targets: torch.Tensor,
-        preset: InputPreset,
+        preset: str | InputPreset,
         batch_size: int,
         train: bool,
         shuffle: bool,
@@ -202,7 +202,7 @@ class TensorLoader:
     ):
         self.images = images.to(device)
         self.targets = targets.to(device)
-        self.preset = preset
+        self.preset = input_preset(preset)
         self.batch_size = int(batch_size)
         self.train = train
         self.shuffle = shuffle
@@ -317,7 +317,7 @@ class _PilDataset(torch.utils.data.Dataset):
 
 
 def array_loader(
-    images, labels, preset: InputPreset, batch_size: int, device: torch.device | str = "cpu"
+    images, labels, preset: str | InputPreset, batch_size: int, device: torch.device | str = "cpu"
 ) -> TensorLoader:
     """A test-mode loader over in-memory images `[N, H, W, C]` or `[N, H, W]` uint8."""
     images = torch.as_tensor(np.asarray(images))

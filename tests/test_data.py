@@ -18,11 +18,11 @@ from torchvision.transforms import functional as TF
 
 from swag import data, models, prepare_data
 from swag.errors import UserError
-from swag.transforms import torchvision_transform
+from swag.transforms import input_preset, torchvision_transform
 
-CIFAR = models.get_model("PreResNet20").preset
-CIFAR_NO_AUG = models.get_model("PreResNet20NoAug").preset
-MNIST = models.get_model("LeNet5").preset
+CIFAR = input_preset(models.get_model("PreResNet20").preset)
+CIFAR_NO_AUG = input_preset(models.get_model("PreResNet20NoAug").preset)
+MNIST = input_preset(models.get_model("LeNet5").preset)
 
 
 def normalise(images_nhwc: np.ndarray, preset) -> np.ndarray:
@@ -257,7 +257,7 @@ def one_image(preset, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("name", ["PreResNet20", "LeNet5"])
 def test_fast_augmentation_matches_torchvision_in_distribution(name):
     """162 outputs × 50 expected draws each = 8,100 augmented copies of one image."""
-    preset = models.get_model(name).preset
+    preset = input_preset(models.get_model(name).preset)
     image = one_image(preset)
     num = 162 * 50
     copies = torch.as_tensor(image).permute(2, 0, 1).expand(num, -1, -1, -1).contiguous()
@@ -270,7 +270,7 @@ def test_fast_augmentation_matches_torchvision_in_distribution(name):
 @pytest.mark.parametrize("name", ["PreResNet20", "LeNet5"])
 def test_torchvision_path_matches_the_same_distribution(name):
     """The `--loader torchvision` transforms, 1,620 draws (10 expected per output)."""
-    preset = models.get_model(name).preset
+    preset = input_preset(models.get_model(name).preset)
     image = one_image(preset, seed=1)
     transform = torchvision_transform(preset, train=True)
     pil = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)

@@ -1,4 +1,4 @@
-"""The model registry: every entry runs; structure, counts and presets match UPSTREAM.md §2.4."""
+"""The model registry: every entry runs; structure, counts and presets as docs/original_code.md."""
 
 from __future__ import annotations
 
@@ -9,17 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from swag.models import (
-    CIFAR_PRESET,
-    IMAGENET_PRESET,
-    MNIST_PRESET,
-    UnknownModelError,
-    get_model,
-    list_models,
-)
+from swag.models import UnknownModelError, get_model, list_models
 from swag.models.lenet5 import LeNet5
+from swag.transforms import CIFAR_PRESET, IMAGENET_PRESET, MNIST_PRESET, input_preset
 
-# Parameter counts of the original code (UPSTREAM.md §2.4), on 10 and 100 classes.
+# Parameter counts of the original code (docs/original_code.md), on 10 and 100 classes.
 UPSTREAM_COUNTS = {
     "PreResNet20": (272_282, 278_132),
     "PreResNet20NoSkip": (269_818, 275_668),
@@ -47,7 +41,7 @@ def _example_input(name: str, batch: int = 2) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     if name in NON_IMAGE_INPUTS:
         return torch.randn(batch, *NON_IMAGE_INPUTS[name], generator=generator)
-    channels = len(get_model(name).preset.mean)
+    channels = len(input_preset(get_model(name).preset).mean)
     size = 28 if channels == 1 else 32  # (Fashion-)MNIST or CIFAR
     return torch.randn(batch, channels, size, size, generator=generator)
 
@@ -118,7 +112,7 @@ def test_every_required_name_is_registered():
 def test_presets_of_each_family():
     no_aug = {"crop_padding": 0, "hflip": False}
     for name in list_models():
-        preset = get_model(name).preset
+        preset = input_preset(get_model(name).preset)
         if name.startswith("PreResNet") or name.startswith("WideResNet"):
             assert (preset.mean, preset.std) == (CIFAR_PRESET.mean, CIFAR_PRESET.std)
         elif name.startswith("VGG"):
@@ -203,3 +197,27 @@ def test_initialisation_schemes():
     assert _sample_std_matches(conv.weight, bound / math.sqrt(3))
     assert torch.all(conv.bias == 0)
     assert wrn.bn1.momentum == 0.9
+
+
+def test_models_package_imports_only_torch():
+    """swag/models is a leaf: torch, the standard library, itself and the dependency-free errors."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    import swag.models
+
+    allowed = {"torch", "swag.models", "swag.errors", "__future__"}
+    for path in Path(swag.models.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or any(
+                    name == a or name.startswith(a + ".") for a in allowed
+                ), f"{path.name} imports {name}"

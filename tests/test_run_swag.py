@@ -20,9 +20,10 @@ from torch import nn
 from experiments.train import run_swag
 from swag import metrics, models, training
 from swag.posteriors import SWAG
+from swag.transforms import input_preset
 
 SCRIPT = REPO_ROOT / "experiments" / "train" / "run_swag.py"
-MNIST = models.get_model("LeNet5").preset
+MNIST = input_preset(models.get_model("LeNet5").preset)
 
 
 @pytest.fixture(scope="module")

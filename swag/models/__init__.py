@@ -9,10 +9,6 @@ from swag.models import (  # noqa: F401  (importing a module registers its model
     wide_resnet,
 )
 from swag.models.registry import (
-    CIFAR_PRESET,
-    IMAGENET_PRESET,
-    MNIST_PRESET,
-    InputPreset,
     ModelSpec,
     UnknownModelError,
     get_model,
@@ -21,10 +17,6 @@ from swag.models.registry import (
 )
 
 __all__ = [
-    "CIFAR_PRESET",
-    "IMAGENET_PRESET",
-    "MNIST_PRESET",
-    "InputPreset",
     "ModelSpec",
     "UnknownModelError",
     "get_model",

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from swag.models.registry import MNIST_PRESET, register_model
+from swag.models.registry import register_model
 
 
 class LeNet5(nn.Module):
@@ -52,4 +52,4 @@ class LeNet5(nn.Module):
         return self.fc_part(torch.flatten(self.conv_part(x), 1))
 
 
-register_model("LeNet5", LeNet5, MNIST_PRESET)
+register_model("LeNet5", LeNet5, "mnist")

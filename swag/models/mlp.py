@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from swag.models.registry import MNIST_PRESET, register_model
+from swag.models.registry import register_model
 
 
 class MLP(nn.Module):
@@ -42,4 +42,4 @@ class MLP(nn.Module):
         return self.model(torch.flatten(x, 1))
 
 
-register_model("MLP", MLP, MNIST_PRESET.without_augmentation())
+register_model("MLP", MLP, "mnist_noaug")

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from swag.models.registry import CIFAR_PRESET, register_model
+from swag.models.registry import register_model
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -174,8 +174,6 @@ class PreResNet(nn.Module):
 
 
 for _depth in (8, 20, 56, 110, 164):
-    register_model(f"PreResNet{_depth}", PreResNet, CIFAR_PRESET, depth=_depth)
-    register_model(
-        f"PreResNet{_depth}NoAug", PreResNet, CIFAR_PRESET.without_augmentation(), depth=_depth
-    )
-register_model("PreResNet20NoSkip", PreResNet, CIFAR_PRESET, depth=20, skip_connections=False)
+    register_model(f"PreResNet{_depth}", PreResNet, "cifar", depth=_depth)
+    register_model(f"PreResNet{_depth}NoAug", PreResNet, "cifar_noaug", depth=_depth)
+register_model("PreResNet20NoSkip", PreResNet, "cifar", depth=20, skip_connections=False)

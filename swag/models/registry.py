@@ -3,9 +3,9 @@
 Every entry pairs an architecture with the input pipeline it was trained with upstream, so a
 name alone reproduces a run: `get_model("PreResNet20").build(num_classes=10)`.
 
-The pipeline is described by an `InputPreset` (normalisation, padded random crop, horizontal
-flip) rather than by torchvision objects, so the same description drives both the torchvision
-`transforms` and the tensor-resident fast loader in `swag.data`.
+The pipeline is named by a preset ("cifar", "imagenet", "mnist", with "_noaug" variants); what a
+name means (normalisation, padded random crop, horizontal flip) lives with the data, in
+`swag.transforms`, so this package imports only torch (and the dependency-free swag.errors).
 """
 
 from __future__ import annotations
@@ -19,58 +19,26 @@ from swag.errors import UserError
 
 
 @dataclass(frozen=True)
-class InputPreset:
-    """How images reach the network (UPSTREAM.md §2.4).
-
-    Attributes:
-        mean: per-channel normalisation mean, in [0, 1] pixel units.
-        std: per-channel normalisation std.
-        crop_padding: zero padding (pixels) of the training random crop; 0 disables the crop.
-        hflip: whether training images are flipped horizontally with probability 1/2.
-    """
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    crop_padding: int = 4
-    hflip: bool = True
-
-    def without_augmentation(self) -> InputPreset:
-        return InputPreset(self.mean, self.std, crop_padding=0, hflip=False)
-
-
-CIFAR_PRESET = InputPreset((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
-IMAGENET_PRESET = InputPreset((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-MNIST_PRESET = InputPreset((0.1307,), (0.3081,))
-
-
-@dataclass(frozen=True)
 class ModelSpec:
-    """A registered model: `build(num_classes=C)` returns a fresh `nn.Module`."""
+    """A registered model: `build(num_classes=C)` returns a fresh `nn.Module`.
+
+    `preset` names its input pipeline (see `swag.transforms.input_preset`).
+    """
 
     name: str
     factory: Callable[..., nn.Module]
-    preset: InputPreset
+    preset: str
     kwargs: dict = field(default_factory=dict)
 
     def build(self, num_classes: int, **overrides) -> nn.Module:
         return self.factory(num_classes=int(num_classes), **{**self.kwargs, **overrides})
-
-    def transform_train(self):
-        from swag.transforms import torchvision_transform
-
-        return torchvision_transform(self.preset, train=True)
-
-    def transform_test(self):
-        from swag.transforms import torchvision_transform
-
-        return torchvision_transform(self.preset, train=False)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(
-    name: str, factory: Callable[..., nn.Module], preset: InputPreset, **kwargs
+    name: str, factory: Callable[..., nn.Module], preset: str, **kwargs
 ) -> ModelSpec:
     """Register `factory(num_classes=..., **kwargs)` under the upstream `name`."""
     if name in _REGISTRY:

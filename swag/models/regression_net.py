@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from swag.models.registry import InputPreset, register_model
+from swag.models.registry import register_model
 
 
 class RegressionNet(nn.Sequential):
@@ -35,4 +35,4 @@ def _regression_net(num_classes: int = 1, **kwargs) -> RegressionNet:
 
 
 # Inputs are features [x, x²], not images: the preset is an identity normalisation.
-register_model("RegressionNet1D", _regression_net, InputPreset((0.0,), (1.0,), 0, False))
+register_model("RegressionNet1D", _regression_net, "identity")

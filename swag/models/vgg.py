@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from swag.models.registry import IMAGENET_PRESET, register_model
+from swag.models.registry import register_model
 
 # Conv widths; "M" is a 2×2 max-pool. Five pools take 32-px inputs to 1×1×512.
 _CONFIGS: dict[int, list[int | str]] = {
@@ -90,10 +90,9 @@ class VGG(nn.Module):
 
 
 for _depth in (16, 19):
-    register_model(f"VGG{_depth}", VGG, IMAGENET_PRESET, depth=_depth)
-    register_model(f"VGG{_depth}BN", VGG, IMAGENET_PRESET, depth=_depth, batch_norm=True)
-_NO_AUG = IMAGENET_PRESET.without_augmentation()
-register_model("VGG16NoDrop", VGG, IMAGENET_PRESET, depth=16, dropout=0.0)
-register_model("VGG16NoDropNoAug", VGG, _NO_AUG, depth=16, dropout=0.0)
-register_model("VGG16BNNoDrop", VGG, IMAGENET_PRESET, depth=16, batch_norm=True, dropout=0.0)
-register_model("VGG16BNNoDropNoAug", VGG, _NO_AUG, depth=16, batch_norm=True, dropout=0.0)
+    register_model(f"VGG{_depth}", VGG, "imagenet", depth=_depth)
+    register_model(f"VGG{_depth}BN", VGG, "imagenet", depth=_depth, batch_norm=True)
+register_model("VGG16NoDrop", VGG, "imagenet", depth=16, dropout=0.0)
+register_model("VGG16NoDropNoAug", VGG, "imagenet_noaug", depth=16, dropout=0.0)
+register_model("VGG16BNNoDrop", VGG, "imagenet", depth=16, batch_norm=True, dropout=0.0)
+register_model("VGG16BNNoDropNoAug", VGG, "imagenet_noaug", depth=16, batch_norm=True, dropout=0.0)

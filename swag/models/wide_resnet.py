@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from swag.models.registry import CIFAR_PRESET, register_model
+from swag.models.registry import register_model
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -103,4 +103,4 @@ class WideResNet(nn.Module):
         return self.linear(torch.flatten(x, 1))
 
 
-register_model("WideResNet28x10", WideResNet, CIFAR_PRESET, depth=28, widen_factor=10)
+register_model("WideResNet28x10", WideResNet, "cifar", depth=28, widen_factor=10)
