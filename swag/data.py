@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from swag import idx_format
 from swag.errors import UserError
+from swag.seeding import derived_generator, derived_seed
 from swag.transforms import InputPreset, input_preset
 
 DATASETS = ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST", "SVHN")
@@ -179,7 +180,7 @@ def _normalisation(preset: InputPreset, device: torch.device) -> tuple[torch.Ten
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return derived_generator(seed, epoch)
 
 
 class TensorLoader:
@@ -295,8 +296,8 @@ class TorchvisionLoader:
         self.epoch = epoch
 
     def __iter__(self):
-        self._generator.manual_seed(self.seed * 1_000_003 + self.epoch)
-        torch.manual_seed(self.seed * 1_000_003 + self.epoch)  # transforms in the main process
+        self._generator.manual_seed(derived_seed(self.seed, self.epoch))
+        torch.manual_seed(derived_seed(self.seed, self.epoch))  # transforms in the main process
         self.epoch += 1
         return iter(self._loader)
 

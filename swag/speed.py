@@ -6,7 +6,7 @@ forward/backward matrix products, while weights, gradients, the SGD state and th
 stay float32 (float64 for the moments). Measured effects are in benchmarks/README.md.
 
     model = speed.prepare_model(spec.build(10), device, channels_last=True)
-    optimizer = speed.make_sgd(model.parameters(), lr, momentum, wd, device)
+    optimizer = speed.make_sgd(model.parameters(), lr, momentum, wd, "fused")
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from swag import cli, data, metrics, models, speed, training  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 from swag.io import atomic_savez, atomic_write_text  # noqa: E402
 from swag.posteriors import SWAG  # noqa: E402
+from swag.seeding import derived_seed  # noqa: E402
 
 COLUMNS = [
     "ep",
@@ -179,7 +180,7 @@ def run_epoch(args, run: dict, epoch: int, device: torch.device) -> dict:
     )
     lr = args.lr_init * (1.0 if args.no_schedule else factor)
     training.set_learning_rate(run["optimizer"], lr)
-    torch.manual_seed(args.seed * 1_000_003 + epoch)  # dropout draws, reproducible on resume
+    torch.manual_seed(derived_seed(args.seed, epoch))  # dropout draws, reproducible on resume
     loaders["train"].set_epoch(epoch)
     with tqdm(total=len(loaders["train"]), desc=f"epoch {epoch + 1}/{args.epochs}",
               leave=False, file=sys.stderr, disable=None) as bar:  # fmt: skip
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             if (epoch + 1) % args.save_freq == 0 or epoch == args.epochs - 1 or args.save_iterates:
                 save(out, run, epoch + 1)
                 last_good = epoch + 1
-            row.update(time=time.time() - started, mem_usage=memory_gib(device))
+            row.update(time=time.time() - started, mem_usage=speed.peak_memory_gib(device))
             print_row(row, header=epoch == start_epoch or epoch % 40 == 0)
             log.write(json.dumps(row) + "\n")
             log.flush()
@@ -263,14 +264,6 @@ def main(argv: list[str] | None = None) -> int:
         predictions = run["sgd_ensemble"].probs.numpy()
         atomic_savez(out / "sgd_ens_preds.npz", predictions=predictions, targets=targets)
     return 0
-
-
-def memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def print_row(row: dict, header: bool) -> None:
