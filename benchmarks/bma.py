@@ -1,4 +1,4 @@
-"""Seconds per SWAG sample of the BMA evaluation (issue 3, §6), and the cost of --bn_subset.
+"""Seconds per SWAG sample of the BMA evaluation and the cost of --bn_subset.
 
 Reference figures, measured on these 2-core machines with the original eval_multiswag.py:
 LeNet5 / Fashion-MNIST, predict over 10,000 test images (no BN): 1.60 s per sample;

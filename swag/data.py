@@ -1,7 +1,7 @@
 """Datasets, splits and label arrays, and the tensor-resident fast loader.
 
 Datasets come from torchvision with the original path convention `<data_path>/<dataset lower>`
-(UPSTREAM.md §2.1). Two loaders serve them:
+(docs/original_code.md, "Training (run_swag.py)"). Two loaders serve them:
 
 - `TensorLoader` (default, `--loader fast`): the whole split lives on the training device as one
   uint8 tensor; each batch is cropped, flipped and normalised in one batched operation, with

@@ -1,4 +1,4 @@
-"""The 1-D regression of "deep ensembles as Bayesian model averaging" (UPSTREAM.md §5).
+"""The 1-D regression of "deep ensembles as Bayesian model averaging" (docs/original_code.md).
 
 Wilson & Izmailov (2020), "deep ensembles as BMA": on 60 points in three clusters, a deep ensemble's
 predictive distribution is closer to HMC's than a mean-field VI's. This module holds what the
@@ -54,7 +54,7 @@ def features(x: Tensor) -> Tensor:
 
 
 def load_data(path: str | Path, device: str | torch.device = "cpu") -> Regression1DData:
-    """Reads a `data.npz` with keys x (N,), y (N, 1), x_ (M,), y_ (M, 1) (UPSTREAM.md §5.1)."""
+    """Reads a `data.npz` with keys x (N,), y (N, 1), x_ (M,), y_ (M, 1) (docs/original_code.md)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist: run experiments/deep_ensembles/make_data.py")
@@ -78,7 +78,7 @@ def load_data(path: str | Path, device: str | torch.device = "cpu") -> Regressio
 
 
 def make_data(seed: int = 0, noise_std: float = 0.04, weight_std: float = 0.1) -> dict:
-    """Data of the original's kind and layout (UPSTREAM.md §5.1), before the ×10 scaling.
+    """Data of the original's kind and layout (docs/original_code.md), before the ×10 scaling.
 
     x: three clusters of 20 equally spaced points on [-10, -6], [-2, 2], [6, 10]; x_: 100
     points on [-12, 12]. The function is a `RegressionNet` (2→10→10→10→1) with every weight
@@ -141,7 +141,8 @@ class EnsembleConfig:
 
 @dataclass(frozen=True)
 class VIConfig:
-    """Mean-field VI, the Dec-2020 notebook (§5.5b): means pre-trained, then SGD on the ELBO."""
+    """Mean-field VI, the Dec-2020 notebook (docs/original_code.md): means pre-trained, then SGD
+    on the ELBO."""
 
     pretrain_steps: int = 3000
     pretrain_lr: float = 5e-6

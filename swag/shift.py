@@ -5,9 +5,9 @@ Two on-disk layouts are read, and told apart from the file names:
 * **per severity** (this project's `ubdl_data/make_cifar_c.py`): one
   `<corruption>_<severity>.npz` per (corruption, severity) with keys `data` (uint8
   `[N, H, W, C]`, or `[N, H, W]` for grey images) and `labels` (`[N]`). Files written by the
-  original generator hold severities 1..s concatenated in `<corruption>_s.npz` (UPSTREAM.md
-  §3.1); when every size is `s` times the size of severity 1 the last block is kept, which is
-  exactly severity s.
+  original generator hold severities 1..s concatenated in `<corruption>_s.npz`
+  (docs/original_code.md, "CIFAR-10-C"); when every size is `s` times the size of severity 1
+  the last block is kept, which is exactly severity s.
 * **Hendrycks** (the published CIFAR-10-C, Zenodo 2535967): one `<corruption>.npy` of
   `5 N` images stacked in severity blocks 1..5, plus a shared `labels.npy` of `5 N` (or `N`)
   labels.

@@ -31,7 +31,7 @@ def learning_rate_factor(
     swag_start: float = 161,
     swag_lr_ratio: float = 0.01,
 ) -> float:
-    """The original piecewise-linear schedule (UPSTREAM.md §1.1), a factor of `--lr_init`.
+    """The original piecewise-linear schedule (docs/original_code.md), a factor of `--lr_init`.
 
     With t = epoch / (swag_start if swag else epochs) and r = swag_lr/lr_init (SWAG) or 0.01:
     factor = 1 for t ≤ 0.5;  1 − (1 − r)(t − 0.5)/0.4 for 0.5 < t ≤ 0.9;  r afterwards.
@@ -199,7 +199,7 @@ def update_bn(
 ) -> None:
     """Recompute BatchNorm running statistics as the example-weighted average over `loader`.
 
-    As upstream's `bn_update` (UPSTREAM.md §2.6.5): statistics are reset, then batch b of size
+    As upstream's `bn_update` (docs/original_code.md): statistics are reset, then batch b of size
     B_b is folded in with momentum B_b / (n + B_b), n the examples seen so far, so the result is
     the cumulative average over examples of the per-batch mean and unbiased variance. The model
     is left in train mode. A model without BatchNorm is returned untouched.

@@ -14,7 +14,7 @@ from swag.models.lenet5 import LeNet5
 from swag.transforms import CIFAR_PRESET, IMAGENET_PRESET, MNIST_PRESET, input_preset
 
 # Parameter counts of the original code (docs/original_code.md), on 10 and 100 classes.
-UPSTREAM_COUNTS = {
+ORIGINAL_COUNTS = {
     "PreResNet20": (272_282, 278_132),
     "PreResNet20NoSkip": (269_818, 275_668),
     "PreResNet8": (77_850, 83_700),
@@ -70,9 +70,9 @@ def test_channels_last_gives_the_same_outputs(name):
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", [n for n, counts in UPSTREAM_COUNTS.items() if counts[0]])
+@pytest.mark.parametrize("name", [n for n, counts in ORIGINAL_COUNTS.items() if counts[0]])
 def test_parameter_counts_match_upstream(name):
-    ten, hundred = UPSTREAM_COUNTS[name]
+    ten, hundred = ORIGINAL_COUNTS[name]
     assert _num_params(get_model(name).build(10)) == ten
     if hundred is not None:
         assert _num_params(get_model(name).build(100)) == hundred
@@ -86,12 +86,12 @@ def test_parameter_counts_of_variants_follow_from_upstream_counts():
     vgg19_bn_channels = 2 * 64 + 2 * 128 + 4 * 256 + 8 * 512
     assert _num_params(get_model("VGG19BN").build(10)) == 20_554_826 + 2 * vgg19_bn_channels
     for base in ("PreResNet8", "PreResNet20", "PreResNet56", "PreResNet110", "PreResNet164"):
-        count = UPSTREAM_COUNTS[base][0]
+        count = ORIGINAL_COUNTS[base][0]
         assert _num_params(get_model(f"{base}NoAug").build(10)) == count
     for name in ("VGG16NoDrop", "VGG16NoDropNoAug"):
-        assert _num_params(get_model(name).build(10)) == UPSTREAM_COUNTS["VGG16"][0]
+        assert _num_params(get_model(name).build(10)) == ORIGINAL_COUNTS["VGG16"][0]
     for name in ("VGG16BNNoDrop", "VGG16BNNoDropNoAug"):
-        assert _num_params(get_model(name).build(10)) == UPSTREAM_COUNTS["VGG16BN"][0]
+        assert _num_params(get_model(name).build(10)) == ORIGINAL_COUNTS["VGG16BN"][0]
 
 
 def test_unknown_name_lists_the_registered_names():

@@ -1,5 +1,5 @@
 """experiments/train/run_swag.py end to end on tiny data: outputs, SWAG BMA, exact resumption,
-and every bad input of issue §10 through a real subprocess (exit 2, one `error:` line)."""
+and every bad input through a real subprocess (exit 2, one `error:` line)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ def test_outputs_of_an_swag_run(e2e, fmnist):
     assert [row["ep"] for row in rows] == [1, 2, 3]
     assert all(0 <= row["te_acc"] <= 100 and np.isfinite(row["tr_loss"]) for row in rows)
     assert "swa_te_acc" not in rows[0] and "swa_te_acc" in rows[2]
-    # The schedule of §1.1: t = epoch/swag_start, so epoch 0 runs at lr_init, later at swag_lr.
+    # The original schedule (docs/original_code.md): t = epoch/swag_start, so epoch 0 runs at
+    # lr_init, later at swag_lr.
     assert rows[0]["lr"] == pytest.approx(0.05) and rows[2]["lr"] == pytest.approx(0.01)
 
 
@@ -403,7 +404,7 @@ README_COMMANDS = {
     [pytest.param(n, marks=pytest.mark.slow) if n == "VGG16_swag" else n for n in README_COMMANDS],
 )
 def test_readme_commands_run_with_fewer_epochs(name, tmp_path, monkeypatch):
-    """The README's commands (UPSTREAM.md §1.1), unchanged apart from --epochs 2 and a
+    """The README's commands (docs/original_code.md), unchanged apart from --epochs 2 and a
     --swag_start inside it (2 epochs, collection after the second), on tiny data."""
     skip_md5(monkeypatch)
     if "MNIST" in README_COMMANDS[name]:

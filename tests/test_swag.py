@@ -264,7 +264,7 @@ def test_loading_a_checkpoint_of_another_parameter_count_is_a_user_error():
 
 
 def upstream_state(model: nn.Module, iterates: np.ndarray, max_rank: int) -> dict:
-    """An original-format SWAG state (UPSTREAM.md §2.6.2-3): float32 running moments."""
+    """An original-format SWAG state (docs/original_code.md, "SWAG"): float32 running moments."""
     size = iterates.shape[1]
     mean, sq_mean = torch.zeros(size), torch.zeros(size)
     rows: list[torch.Tensor] = []

@@ -16,7 +16,7 @@ from swag.errors import UserError
 from swag.io import atomic_torch_save
 
 
-# Learning-rate schedule (UPSTREAM.md §1.1), expected values worked out by hand:
+# Learning-rate schedule (docs/original_code.md), expected values worked out by hand:
 # t = epoch / T;  factor = 1 (t ≤ 0.5), 1 − (1 − r)(t − 0.5)/0.4 (t ≤ 0.9), r after.
 @pytest.mark.parametrize(
     "epoch, expected",
@@ -151,7 +151,7 @@ def test_gaussian_prior_penalty_value_and_gradient():
     # (1 + 4 + 9) / (2 · 0.1 · 50) = 14 / 10
     assert penalty.item() == pytest.approx(1.4, rel=1e-6)
     penalty.backward()
-    # d/dp = p / (prior_var · N) = p / 5: weight decay 1/(prior_var·N) (UPSTREAM.md §1.1).
+    # d/dp = p / (prior_var · N) = p / 5: weight decay 1/(prior_var·N) (docs/original_code.md).
     torch.testing.assert_close(model.weight.grad, torch.tensor([[0.2, -0.4]]))
     torch.testing.assert_close(model.bias.grad, torch.tensor([0.6]))
 

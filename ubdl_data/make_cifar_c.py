@@ -1,7 +1,7 @@
 """Build CIFAR-10-C (or CIFAR-100-C, MNIST-C, Fashion-MNIST-C): 19 corruptions x 5 severities.
 
 The original `ubdl_data/make_cifar_c.py` with the same --datapath/--savepath, plus --dataset,
---corruptions, --severities, --workers, --seed, --format and --limit (UPSTREAM.md §3):
+--corruptions, --severities, --workers, --seed, --format and --limit (docs/original_code.md):
 
     python ubdl_data/make_cifar_c.py --datapath data/cifar10 --savepath data/CIFAR-10-C --workers 2
 

@@ -1,4 +1,4 @@
-"""Write the 1-D regression data set `data.npz` (UPSTREAM.md §5.1 layout).
+"""Write the 1-D regression data set `data.npz` (docs/original_code.md, "1-D regression" layout).
 
 Keys x (60,), y (60, 1), x_ (100,), y_ (100, 1), float32, before the ×10 scaling that every
 method applies. The function is a random 2→10→10→10→1 ReLU net with N(0, 0.1²) weights on

@@ -1,8 +1,9 @@
 """Train a network with SGD, and collect SWA/SWAG moments after --swag_start.
 
-The original `experiments/train/run_swag.py` with the same flags and defaults (UPSTREAM.md §1.1),
-plus --swa* aliases, --device, --loader, --download and exact resumption. Writes to --dir:
-command.sh, config.json, metrics.jsonl, checkpoint-<e>.pt, swag-<e>.pt, sgd_ens_preds.npz.
+The original `experiments/train/run_swag.py` with the same flags and defaults
+(docs/original_code.md), plus --swa* aliases, --device, --loader, --download and exact
+resumption. Writes to --dir: command.sh, config.json, metrics.jsonl, checkpoint-<e>.pt,
+swag-<e>.pt, sgd_ens_preds.npz.
 
     python experiments/train/run_swag.py --data_path=<DATAPATH> --epochs=300 --dataset=CIFAR10 \
         --save_freq=300 --model=PreResNet20 --lr_init=0.1 --wd=3e-4 --swag --swag_start=161 \

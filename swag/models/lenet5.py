@@ -1,6 +1,6 @@
 """LeNet-5 for 28-px images (LeCun et al., 1998), in the variant of the original repository.
 
-Structure (UPSTREAM.md §2.4.3): Conv 1→20 (5×5) → ReLU → MaxPool 2 → Conv 20→50 (5×5) → ReLU
+Structure (docs/original_code.md): Conv 1→20 (5×5) → ReLU → MaxPool 2 → Conv 20→50 (5×5) → ReLU
 → MaxPool 2 → Linear 800→500 → ReLU → Linear 500→C; 431,080 parameters on 10 classes.
 Initialisation as upstream: conv weight ~ N(0, 2 / (25 · C_out)), conv bias 0, Linear left at
 PyTorch's default. `num_classes` is a plain int (upstream required a 0-d tensor and called

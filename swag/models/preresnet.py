@@ -1,7 +1,7 @@
 """Pre-activation ResNets for CIFAR (He et al., 2016, "Identity Mappings in Deep Residual
 Networks"), as ported by the original repository from bearpaw/pytorch-classification.
 
-Structure (UPSTREAM.md §2.4.1): a 3×3 stem conv 3→16, three stages of `n` blocks with widths
+Structure (docs/original_code.md): a 3×3 stem conv 3→16, three stages of `n` blocks with widths
 (16, 32, 64) and strides (1, 2, 2), then BN → ReLU → global average pool → Linear.
 Depth < 44 uses `BasicBlock` with n = (depth − 2) / 6; depth ≥ 44 uses `Bottleneck`
 (expansion 4) with n = (depth − 2) / 9. Where the stride or width changes, the shortcut is a

@@ -1,4 +1,4 @@
-"""The 1-D regression network of the deep-ensembles experiment (UPSTREAM.md §5.2)."""
+"""The 1-D regression network of the deep-ensembles experiment (docs/original_code.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """VGG-16/19 for 32-px images (Simonyan & Zisserman, 2015), as in the original repository.
 
-Structure (UPSTREAM.md §2.4.2): 3×3 convs with padding 1 and a bias, each followed by ReLU
+Structure (docs/original_code.md): 3×3 convs with padding 1 and a bias, each followed by ReLU
 (BN → ReLU in the `BN` variants), five 2×2 max-pools, then the classifier
 `Dropout(0.5), Linear 512→512, ReLU, Dropout(0.5), Linear 512→512, ReLU, Linear 512→C`.
 The `NoDrop` variants replace the two dropouts by identities, which keeps the `state_dict`

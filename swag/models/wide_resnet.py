@@ -1,6 +1,6 @@
 """Wide ResNet 28×10 (Zagoruyko & Komodakis, 2016), as in the original repository.
 
-Structure (UPSTREAM.md §2.4.4, itself from meliketoy/wide-resnet.pytorch): a 3×3 stem conv
+Structure (docs/original_code.md, itself from meliketoy/wide-resnet.pytorch): a 3×3 stem conv
 3→16, three stages of n = (depth − 4) / 6 pre-activation blocks of widths (16k, 32k, 64k) and
 strides (1, 2, 2), then BN → ReLU → global average pool → Linear. Every conv has a bias; the
 shortcut is a strided 1×1 conv wherever the stride or width changes. 36,489,290 parameters

@@ -2,7 +2,7 @@
 
 Neal (2011), "MCMC using Hamiltonian dynamics". The paper (Wilson & Izmailov, 2020)
 uses HMC on a 1-D regression as the reference Bayesian model average. Unlike the hamiltorch
-versions the original notebooks ran (UPSTREAM.md §5.4), the semantics here are explicit:
+versions the original notebooks ran (docs/original_code.md), the semantics here are explicit:
 
 * the target is `log p_T(θ) = (1/T)·[log N(y | f_θ(x), σ²I) + log N(θ | 0, s²I)]` + const,
   i.e. the posterior raised to the power 1/T (`gaussian_log_posterior`);
@@ -174,7 +174,7 @@ def gaussian_log_posterior(
     `log p_T(θ) = -(1/T)·[Σ_n ||y_n - f_θ(x_n)||² / (2σ²) + ||θ||² / (2s²)]`, dropping constants,
     with noise variance σ² = `noise_var`, prior variance s² = `prior_var` and temperature T.
     T = 1 is the Bayesian posterior; T = n is what hamiltorch ≤ v0.3.1.dev2 sampled when its
-    likelihood used a mean over the data and its prior was divided by n (UPSTREAM.md §5.4).
+    likelihood used a mean over the data and its prior was divided by n (docs/original_code.md).
 
     Args:
         flat_model: the network, evaluated at flat parameter vectors.
