@@ -68,9 +68,11 @@ EVAL_ARGS=(--dataset="$DATASET" --data_path="$DATAPATH" --model="$MODEL" --use_t
 [[ -n "$BN_SUBSET" ]] && EVAL_ARGS+=(--bn_subset="$BN_SUBSET")
 RESULTS=()
 for method in $METHODS; do
-    if [[ "$method" == ensemble ]]; then name=checkpoint; else name=swag; fi
+    # The file each method evaluates comes from its registry entry (swag.posteriors.methods).
+    name=$("$PYTHON" -c "from swag.posteriors import get_method
+print(get_method('$method').member_file.format(epoch=$EPOCHS))")
     ckpts=()
-    for seed in $(seq 1 "$SWAG_RUNS"); do ckpts+=("$BASEDIR/swag_$seed/$name-$EPOCHS.pt"); done
+    for seed in $(seq 1 "$SWAG_RUNS"); do ckpts+=("$BASEDIR/swag_$seed/$name"); done
     # shellcheck disable=SC2086
     "$PYTHON" "$HERE/eval_multiswag.py" "${EVAL_ARGS[@]}" --method="$method" \
         --swag_ckpts "${ckpts[@]}" $EXTRA_EVAL_ARGS

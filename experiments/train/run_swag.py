@@ -27,7 +27,7 @@ from tqdm import tqdm  # noqa: E402
 from swag import cli, data, metrics, models, speed, training  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 from swag.io import atomic_savez, atomic_write_text  # noqa: E402
-from swag.posteriors import SWAG  # noqa: E402
+from swag.posteriors import SWAG, Checkpoint  # noqa: E402
 from swag.seeding import derived_seed  # noqa: E402
 
 COLUMNS = [
@@ -211,15 +211,17 @@ def run_epoch(args, run: dict, epoch: int, device: torch.device) -> dict:
 
 
 def save(out: Path, run: dict, epoch: int) -> None:
-    """checkpoint-<e>.pt and, with SWAG, swag-<e>.pt (holding the SGD ensemble), atomically."""
-    model, optimizer = run["model"], run["optimizer"]
-    training.save_checkpoint(out, epoch, state_dict=model.state_dict(),
-                             optimizer=optimizer.state_dict(), config=run["config"])  # fmt: skip
+    """swag-<e>.pt (with the SGD ensemble), then checkpoint-<e>.pt, each atomically.
+
+    The checkpoint is written last: a checkpoint-<e>.pt on disk means every file of epoch e is
+    complete, so `--resume` of the newest checkpoint always finds its SWAG partner.
+    """
+    extra = dict(epoch=epoch, config=run["config"])
     if run["swag_model"] is not None:
-        training.save_checkpoint(
-            out, epoch, name="swag", state_dict=run["swag_model"].state_dict(),
-            sgd_ensemble=run["sgd_ensemble"].state_dict(), config=run["config"],
-        )  # fmt: skip
+        ensemble = run["sgd_ensemble"].state_dict()
+        run["swag_model"].save(out / f"swag-{epoch}.pt", sgd_ensemble=ensemble, **extra)
+    optimizer = run["optimizer"].state_dict()
+    Checkpoint(run["model"]).save(out / f"checkpoint-{epoch}.pt", optimizer=optimizer, **extra)
 
 
 def main(argv: list[str] | None = None) -> int:

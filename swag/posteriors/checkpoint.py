@@ -63,5 +63,6 @@ register_method(
     Method(
         "ensemble", "Deep Ensembles", "tab:blue", kinds=("checkpoint",),
         file_hint="the final checkpoint-<epoch>.pt (SGD weights) of each run",
+        member_file="checkpoint-{epoch}.pt",
     )
 )  # fmt: skip

@@ -47,6 +47,8 @@ class Method:
         kinds: posterior kinds of the member files it evaluates.
         adapt: (loaded posterior, options) -> the posterior to sample from.
         file_hint: what to pass, for error messages ("the swag-<epoch>.pt of each run").
+        member_file: the file of one training run this method evaluates, as a pattern with
+            `{epoch}` (run_multiswag.sh reads it); None when no run_swag.py file fits.
     """
 
     name: str
@@ -55,6 +57,7 @@ class Method:
     kinds: tuple[str, ...]
     adapt: Callable[[Posterior, SamplingOptions], Posterior] = field(default=_unchanged)
     file_hint: str = "one posterior file per member"
+    member_file: str | None = None
 
 
 _METHODS: dict[str, Method] = {}

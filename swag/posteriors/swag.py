@@ -334,6 +334,7 @@ register_method(
     Method(
         "multiswag", "MultiSWAG", "tab:green", kinds=("swag",), adapt=_as_swag_sampler,
         file_hint="the swag-<epoch>.pt of each run trained with --swag",
+        member_file="swag-{epoch}.pt",
     )
 )  # fmt: skip
 register_method(
@@ -341,5 +342,6 @@ register_method(
         "multiswa", "MultiSWA", "tab:orange", kinds=("swag",),
         adapt=lambda posterior, options: SWA(posterior),
         file_hint="the swag-<epoch>.pt of each run trained with --swag",
+        member_file="swag-{epoch}.pt",
     )
 )  # fmt: skip
