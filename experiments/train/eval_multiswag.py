@@ -35,8 +35,21 @@ from swag.posteriors.methods import SamplingOptions  # noqa: E402
 from swag.shift import load_shifted  # noqa: E402
 
 
+def import_plugins(argv: list[str] | None) -> None:
+    """Import the modules named by --import (they register posteriors and methods)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--import", dest="imports", action="append", default=[])
+    for name in pre.parse_known_args(argv)[0].imports:
+        posteriors.import_module_or_file(name)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    import_plugins(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help="a module (dotted name or .py path) that registers more posteriors and methods",
+    )  # fmt: skip
     parser.add_argument("--savedir", required=True, help="output directory")
     parser.add_argument(
         "--swag_ckpts", nargs="*", required=True, metavar="PT",

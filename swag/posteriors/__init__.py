@@ -36,6 +36,7 @@ from swag.posteriors.methods import (
     Method,
     SamplingOptions,
     get_method,
+    import_module_or_file,
     method_names,
     register_method,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "gaussian_log_posterior",
     "get_method",
     "hmc",
+    "import_module_or_file",
     "initial_members",
     "leapfrog",
     "load",

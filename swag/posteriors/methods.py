@@ -8,8 +8,12 @@ the drivers need: `--method` choices, plot labels and colours are read from here
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from swag.errors import UserError
 from swag.posteriors.base import Posterior
@@ -87,3 +91,23 @@ def check_kind(method: Method, kind: str, source: str) -> None:
             f"{source} is a {kind} file, which --method {method.name} cannot use; it takes "
             f"{method.file_hint}"
         )
+
+
+def import_module_or_file(name: str) -> None:
+    """Import a module that registers posteriors or methods: a dotted name or a `.py` path."""
+    try:
+        if name.endswith(".py"):
+            path = Path(name)
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            if spec is None or not path.is_file():
+                raise FileNotFoundError(name)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            spec.loader.exec_module(module)
+        else:
+            importlib.import_module(name)
+    except (ImportError, FileNotFoundError) as error:
+        raise UserError(
+            f"cannot import {name!r} ({error}); pass a module importable from PYTHONPATH or the "
+            "path of a .py file"
+        ) from None
