@@ -79,7 +79,7 @@ class CheckpointMembers:
         options: SamplingOptions | None = None,
     ):
         if not paths:
-            raise UserError("no checkpoints given; pass one file per member with --swag_ckpts")
+            raise UserError("no member files given; pass one posterior file per member in paths")
         self.method = get_method(method)
         self.paths, self.build_model = list(paths), build_model
         self.options = options or SamplingOptions()
@@ -164,9 +164,9 @@ def bayesian_model_average(
         A `BMAResult`; `result.curves()` gives the metrics for m = 1..M.
     """
     if num_samples < 1:
-        raise UserError(f"--swag_samples must be at least 1, got {num_samples}")
+        raise UserError(f"num_samples must be at least 1, got {num_samples}")
     if not test_sets:
-        raise UserError("no test set to score; pass a dataset (and optionally --corrupted_path)")
+        raise UserError("no test set to score; pass at least one loader in test_sets")
     num_members = len(members) if hasattr(members, "__len__") else None
     device = torch.device(device)
     sums: dict[str, list[np.ndarray]] = {name: [] for name in test_sets}

@@ -70,8 +70,8 @@ def load_split(
         if "not found" not in str(error).lower() and "download" not in str(error).lower():
             raise
         raise UserError(
-            f"{dataset} was not found under {root}; pass --download (needs a network) or put "
-            f"the torchvision files there ({OFFLINE_HINT})"
+            f"{dataset} was not found under {root}; pass download=True (--download; needs a "
+            f"network) or put the torchvision files there ({OFFLINE_HINT})"
         ) from error
     images = torch.as_tensor(np.asarray(source.data))
     if images.ndim == 3:  # MNIST-style [N, H, W]
@@ -86,28 +86,28 @@ def read_label_array(path: str | Path, num_train: int, num_classes: int) -> torc
     """Load and validate a `--label_arr` file (one label per training image, dataset order)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--label_arr {path} does not exist; pass the path of a .npy label array")
+        raise UserError(f"label_arr {path} does not exist; pass the path of a .npy label array")
     try:
         labels = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as error:
         raise UserError(
-            f"--label_arr {path} is not a readable .npy array; pass a numpy .npy file"
+            f"label_arr {path} is not a readable .npy array; pass a numpy .npy file"
         ) from error
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise UserError(
-            f"--label_arr {path} holds a {labels.dtype} array of shape {labels.shape}; it must be "
+            f"label_arr {path} holds a {labels.dtype} array of shape {labels.shape}; it must be "
             "a 1-D integer array of class labels"
         )
     if labels.shape[0] != num_train:
         raise UserError(
-            f"--label_arr {path} has {labels.shape[0]} labels but the training set has "
+            f"label_arr {path} has {labels.shape[0]} labels but the training set has "
             f"{num_train} images; label arrays cover the full training set (for CIFAR-10, "
-            "50,000: the last 5,000 become the validation split unless --use_test, so do not "
-            "pass a 45,000-label array)"
+            "50,000: the last 5,000 become the validation split unless use_validation=False, so "
+            "do not pass a 45,000-label array)"
         )
     if labels.min() < 0 or labels.max() >= num_classes:
         raise UserError(
-            f"--label_arr {path} has labels in [{labels.min()}, {labels.max()}] but the dataset "
+            f"label_arr {path} has labels in [{labels.min()}, {labels.max()}] but the dataset "
             f"has {num_classes} classes; labels must lie in 0..{num_classes - 1}"
         )
     return torch.as_tensor(labels, dtype=torch.long)
@@ -353,7 +353,7 @@ def loaders(
         ({"train": loader, "test": loader}, num_classes)
     """
     if loader not in ("fast", "torchvision"):
-        raise UserError(f"unknown --loader {loader!r}; choose fast or torchvision")
+        raise UserError(f"unknown loader {loader!r}; choose fast or torchvision")
     train_images, train_targets = load_split(dataset, path, train=True, download=download)
     num_classes = int(train_targets.max()) + 1
     if label_arr is not None:
@@ -361,7 +361,7 @@ def loaders(
     if use_validation and train_targets.shape[0] <= val_size:
         raise UserError(
             f"{dataset} has {train_targets.shape[0]} training images, too few to hold out the "
-            f"last {val_size} for validation; pass --use_test to evaluate on the test set"
+            f"last {val_size} for validation; pass use_validation=False to evaluate on the test set"
         )
     if use_validation:
         test_images, test_targets = train_images[-val_size:], train_targets[-val_size:]
@@ -370,7 +370,7 @@ def loaders(
         test_images, test_targets = load_split(dataset, path, train=False, download=download)
     if split_classes is not None:
         if dataset != "CIFAR10" or split_classes not in (0, 1):
-            raise UserError("--split_classes takes 0 or 1 and works with --dataset CIFAR10 only")
+            raise UserError("split_classes takes 0 or 1 and works with the CIFAR10 dataset only")
         classes = SPLIT_CLASSES[split_classes]
         train_images, train_targets = _select_classes(train_images, train_targets, classes)
         test_images, test_targets = _select_classes(test_images, test_targets, classes)

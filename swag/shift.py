@@ -60,7 +60,9 @@ def detect_layout(path: str | Path) -> str:
     """
     root = Path(path)
     if not root.is_dir():
-        raise UserError(f"--corrupted_path {root} is not a directory; pass the folder of .npz/.npy")
+        raise UserError(
+            f"{root} is not a directory; pass the folder of shifted .npz/.npy test sets"
+        )
     per_severity = any(_PER_SEVERITY.match(p.name) for p in root.glob("*.npz"))
     hendrycks = (root / "labels.npy").is_file() and any(
         p.name != "labels.npy" for p in root.glob("*.npy")

@@ -29,7 +29,7 @@ def set_threads(num_threads: int | None) -> None:
     if num_threads is None:
         return
     if num_threads < 1:
-        raise UserError(f"--threads must be at least 1, got {num_threads}")
+        raise UserError(f"num_threads must be at least 1, got {num_threads}")
     torch.set_num_threads(num_threads)
 
 
@@ -75,7 +75,9 @@ def prepare_model(
         the same `model` object, ready to train.
     """
     if compile not in COMPILE_MODES:
-        raise UserError(f"unknown --compile {compile!r}; choose one of: {', '.join(COMPILE_MODES)}")
+        raise UserError(
+            f"unknown compile mode {compile!r}; choose one of: {', '.join(COMPILE_MODES)}"
+        )
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -101,7 +103,8 @@ def make_sgd(
     """
     if implementation not in SGD_IMPLEMENTATIONS:
         raise UserError(
-            f"unknown --sgd {implementation!r}; choose one of: {', '.join(SGD_IMPLEMENTATIONS)}"
+            f"unknown SGD implementation {implementation!r}; choose one of: "
+            f"{', '.join(SGD_IMPLEMENTATIONS)}"
         )
     options = {
         "auto": {},

@@ -127,7 +127,7 @@ def train_epoch(
         DivergenceError: the loss became non-finite during the epoch.
     """
     if loss not in LOSSES:
-        raise UserError(f"unknown --loss {loss!r}; choose one of: {', '.join(LOSSES)}")
+        raise UserError(f"unknown loss {loss!r}; choose one of: {', '.join(LOSSES)}")
     device = torch.device(device)
     model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -276,6 +276,6 @@ def load_model_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], s
         model.load_state_dict(state_dict)
     except RuntimeError as error:
         raise UserError(
-            f"{source} was saved from a different model or number of classes; pass the --model "
-            "and --dataset the checkpoint was trained with"
+            f"{source} was saved from a different model or number of classes; build the model "
+            "with the architecture and number of classes it was trained with"
         ) from error

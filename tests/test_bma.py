@@ -194,7 +194,7 @@ def test_members_reject_the_wrong_kind_of_checkpoint(tmp_path):
     with pytest.raises(UserError, match="is a checkpoint file.*swag-<epoch>.pt"):
         next(iter(CheckpointMembers([sgd_path], "multiswag", _net)))
     wrong = lambda: nn.Sequential(nn.Linear(4, 5), nn.Linear(5, C))  # noqa: E731
-    with pytest.raises(UserError, match="--model"):
+    with pytest.raises(UserError, match="architecture and number of classes"):
         next(iter(CheckpointMembers([swag_path], "multiswag", wrong)))
 
 

@@ -54,7 +54,7 @@ def test_cifar_validation_split_is_the_last_training_images(tmp_path, tiny_cifar
 def test_validation_split_larger_than_the_training_set_is_a_user_error(tmp_path, tiny_mnist):
     """The default 5,000 validation images of a 96-image set would leave nothing to train on."""
     tiny_mnist(tmp_path, n_train=96, n_test=16)
-    with pytest.raises(UserError, match="96 training images, too few .* pass --use_test"):
+    with pytest.raises(UserError, match="96 training images, too few .* pass use_validation=False"):
         data.loaders("MNIST", tmp_path, 32, 0, MNIST)
 
 
@@ -184,7 +184,7 @@ def test_split_classes_keeps_and_relabels_one_half(tmp_path, tiny_cifar10, half)
 
 def test_split_classes_outside_cifar10_is_a_user_error(tmp_path, tiny_fashion_mnist, tiny_cifar10):
     tiny_fashion_mnist(tmp_path, n_train=64, n_test=16)
-    with pytest.raises(UserError, match="CIFAR10 only"):
+    with pytest.raises(UserError, match="CIFAR10 dataset only"):
         data.loaders("FashionMNIST", tmp_path, 16, 0, MNIST, val_size=16, split_classes=0)
     tiny_cifar10(tmp_path, n_train=50, n_test=10)
     with pytest.raises(UserError, match="takes 0 or 1"):

@@ -139,7 +139,7 @@ def test_user_errors(runs, tmp_path):
             "--savedir", str(tmp_path), "--model", "LeNet5", "--data_path", str(runs / "data"),
             "--swag_ckpts", str(tmp_path / "missing.pt"),
         ])  # fmt: skip
-    with pytest.raises(UserError, match="is a swag file, which --method ensemble cannot use"):
+    with pytest.raises(UserError, match="is a swag file, which the ensemble method cannot use"):
         _eval(runs, "ensemble", "ensemble", "--swag_ckpts", str(runs / "swag_1" / "swag-3.pt"))
     script = ROOT / "experiments" / "train" / "eval_multiswag.py"
     done = subprocess.run(

@@ -110,7 +110,7 @@ def test_unknown_newer_and_foreign_files_are_one_sentence(tmp_path):
     wider = nn.Sequential(nn.Linear(3, 7), nn.ReLU(), nn.Linear(7, 2))
     for kind in ("swag", "checkpoint", "vi"):
         path = EXAMPLES[kind]().save(tmp_path / f"{kind}.pt")
-        with pytest.raises(UserError, match="--model"):
+        with pytest.raises(UserError, match="architecture and number of classes"):
             posteriors.load(path, wider)
 
 

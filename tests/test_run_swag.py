@@ -283,7 +283,7 @@ def run_script(args: list[str]) -> subprocess.CompletedProcess:
 BAD_INPUTS = {
     "unknown_dataset": ({"--dataset": "ImageNet"}, "unknown --dataset 'ImageNet'; choose one of"),
     "unknown_model": ({"--model": "ResNet9000"}, "unknown model 'ResNet9000'; choose one of"),
-    "missing_data": ({"--data_path": "{bad}/empty"}, "pass --download"),
+    "missing_data": ({"--data_path": "{bad}/empty"}, "--download"),
     "label_arr_length": ({"--label_arr": "{bad}/labels.npy"}, "full training set"),
     "swag_start_0": ({"--swag": None, "--swag_start": "0"}, "--swag_start must lie strictly"),
     "swag_start_ge_epochs": ({"--swag": None, "--swag_start": "2"}, "--swag_start must lie"),

@@ -332,5 +332,5 @@ def test_train_epoch_with_adversarial_loss_reports_it_and_learns():
     losses = [training.train_epoch(blob_loader(), model, optimizer, "cpu", loss="adv_CE")["loss"]
               for _ in range(5)]  # fmt: skip
     assert losses[-1] < 0.5 * losses[0]
-    with pytest.raises(UserError, match="unknown --loss 'hinge'"):
+    with pytest.raises(UserError, match="unknown loss 'hinge'"):
         training.train_epoch(loader, model, optimizer, "cpu", loss="hinge")

@@ -105,8 +105,8 @@ class Posterior(nn.Module):
             self.load_state_dict(state["state_dict"])
         except RuntimeError as error:
             raise UserError(
-                f"{source} was saved from a different model or number of classes; pass the "
-                "--model and --dataset it was made with"
+                f"{source} was saved from a different model or number of classes; build the "
+                "model with the architecture and number of classes it was made with"
             ) from error
 
 

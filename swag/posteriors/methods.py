@@ -80,7 +80,7 @@ def method_names() -> list[str]:
 
 def get_method(name: str) -> Method:
     if name not in _METHODS:
-        raise UserError(f"unknown --method {name!r}; choose one of {', '.join(_METHODS)}")
+        raise UserError(f"unknown method {name!r}; choose one of {', '.join(_METHODS)}")
     return _METHODS[name]
 
 
@@ -88,7 +88,7 @@ def check_kind(method: Method, kind: str, source: str) -> None:
     """Refuse a member file whose kind the method cannot evaluate, naming what it takes."""
     if kind not in method.kinds:
         raise UserError(
-            f"{source} is a {kind} file, which --method {method.name} cannot use; it takes "
+            f"{source} is a {kind} file, which the {method.name} method cannot use; it takes "
             f"{method.file_hint}"
         )
 

@@ -152,7 +152,7 @@ class SWAG(Posterior):
     def _require_models(self) -> None:
         if int(self.n_models) == 0:
             raise UserError(
-                "the SWAG posterior has no collected models; train past --swag_start (or load "
+                "the SWAG posterior has no collected models; collect_model some iterates (or load "
                 "a swag-<epoch>.pt checkpoint) before sampling"
             )
 
@@ -216,8 +216,8 @@ class SWAG(Posterior):
         if stored is not None and stored.numel() != self.num_parameters:
             raise UserError(
                 f"this SWAG checkpoint holds {stored.numel()} parameters but the model has "
-                f"{self.num_parameters}; pass the --model (and dataset / number of classes) the "
-                "checkpoint was trained with"
+                f"{self.num_parameters}; build the model with the architecture and number of "
+                "classes it was trained with"
             )
         deviations = state_dict.get(prefix + "deviations")
         if deviations is not None:
