@@ -21,7 +21,7 @@ import torch
 from swag import metrics
 from swag.calibration import fit_temperature, probs_to_logits, scale_logits
 from swag.errors import UserError
-from swag.io import atomic_savez, atomic_write_bytes
+from swag.io import PARTIAL_SUFFIX, atomic_savez, atomic_write_bytes, disk_error
 
 METRICS = ("nll", "accuracy", "ece", "brier")
 
@@ -109,18 +109,31 @@ class ProbabilityCache:
 
     def write(self, name: str, member: int, sample: int, probs: torch.Tensor) -> None:
         if name not in self.arrays:
-            path = self.directory / f".{name}.npy.tmp"
-            self.arrays[name] = np.lib.format.open_memmap(
-                path, mode="w+", dtype=np.float16, shape=(*self.shape, *probs.shape)
-            )
+            self.arrays[name] = self._allocate(name, (*self.shape, *probs.shape))
         self.arrays[name][member, sample] = probs.numpy().astype(np.float16)
+
+    def _allocate(self, name: str, shape: tuple[int, ...]) -> np.memmap:
+        """A memory-mapped temporary whose disk blocks are reserved now: a full disk is then a
+        sentence here, not a bus error when a page of the mapping is first written."""
+        path = self.directory / f".{name}.npy{PARTIAL_SUFFIX}"
+        needed = int(np.prod(shape)) * 2
+        try:
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+            with open(path, "r+b") as stream:
+                os.posix_fallocate(stream.fileno(), 0, os.path.getsize(path))
+        except OSError as error:
+            path.unlink(missing_ok=True)
+            raise disk_error(self.directory / f"{name}.npy", error, needed) from None
+        return array
 
     def finish(self, targets: Mapping[str, np.ndarray]) -> None:
         for array in self.arrays.values():
             array.flush()
         names, self.arrays = list(self.arrays), {}
         for name in names:
-            os.replace(self.directory / f".{name}.npy.tmp", self.directory / f"{name}.npy")
+            os.replace(
+                self.directory / f".{name}.npy{PARTIAL_SUFFIX}", self.directory / f"{name}.npy"
+            )
         atomic_savez(self.directory / "targets.npz", **targets)
 
 

@@ -17,6 +17,42 @@ from swag.errors import UserError
 from swag.io import atomic_write_text
 
 
+def _number(kind: type, low: float | None, low_open: bool, high: float | None, what: str):
+    """An argparse `type` that parses `kind` and checks its range at parse time."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if too_low or (high is not None and value > high) or value != value:  # NaN
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, 1, False, None, "a positive integer")
+non_negative_int = _number(int, 0, False, None, "an integer >= 0")
+positive_float = _number(float, 0, True, float("inf"), "a positive number")
+non_negative_float = _number(float, 0, False, float("inf"), "a number >= 0")
+momentum_value = _number(float, 0, False, 0.999999, "a momentum in [0, 1)")
+
+
+def severity(text: str) -> int:
+    """A corruption severity, 1..5."""
+    return _number(int, 1, False, 5, "a severity from 1 to 5")(text)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, `error: ...`, and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
@@ -31,12 +67,14 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="evaluate on the test set (default: last 5000 training images)",
     )
     group.add_argument(
-        "--split_classes", type=int, default=None, help="CIFAR10 only: train on classes half 0 or 1"
-    )
-    group.add_argument("--batch_size", type=int, default=128, metavar="N")
+        "--split_classes", type=int, choices=(0, 1), default=None,
+        help="CIFAR10 only: train on classes half 0 or 1",
+    )  # fmt: skip
+    group.add_argument("--batch_size", type=positive_int, default=128, metavar="N")
     group.add_argument(
-        "--num_workers", type=int, default=4, metavar="N", help="workers of --loader torchvision"
-    )
+        "--num_workers", type=non_negative_int, default=4, metavar="N",
+        help="workers of --loader torchvision",
+    )  # fmt: skip
     group.add_argument(
         "--label_arr", default=None, metavar="PATH", help=".npy of replacement training labels"
     )
@@ -56,7 +94,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
     )
-    group.add_argument("--seed", type=int, default=1, metavar="S", help="random seed (default: 1)")
+    group.add_argument(
+        "--seed", type=non_negative_int, default=1, metavar="S", help="random seed (default: 1)"
+    )
 
 
 def resolve_device(name: str | None) -> torch.device:

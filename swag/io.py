@@ -6,12 +6,22 @@ A reader never sees a half-written file: a process killed mid-write leaves the p
 folder becomes one `UserError` sentence naming the path, with the temporary removed.
 
 Every writer takes the final path; the object to write comes first, as in `torch.save`.
+
+Also here: `locked_directory` (one process writes into an output folder at a time),
+`output_directory` (a folder path that must not be a file) and `append_line` (the one
+non-atomic writer, for line logs whose torn last line readers drop).
+
+Fault injection for the test suite (tests/test_faults.py): the environment variable
+SWAG_FAULT = "<fault>@<n>" makes the n-th write of this process fail: `kill` exits the process
+right after write n completed (a kill between two writes), `killmid` exits halfway through
+write n (its temporary, or half a log line, is left behind), `enospc` raises ENOSPC in write n.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import os
 import tempfile
@@ -22,7 +32,23 @@ from typing import IO
 from swag.errors import UserError
 
 PARTIAL_SUFFIX = ".partial"
+LOCK_NAME = ".lock"
 _SPACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_writes = 0  # writes of this process, for SWAG_FAULT
+
+
+def _fault_due(fault: str) -> bool:
+    """Test-only: whether SWAG_FAULT asks for `fault` in the current write (module docstring)."""
+    spec = os.environ.get("SWAG_FAULT", "")
+    name, _, count = spec.partition("@")
+    return name == fault and count.isdigit() and int(count) == _writes
+
+
+def _inject(fault: str) -> None:
+    if _fault_due(fault):
+        if fault == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os._exit(137)
 
 
 def disk_error(path: str | Path, error: OSError, needed: int | None = None) -> UserError:
@@ -60,18 +86,28 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         )
     except OSError as error:
         raise disk_error(path, error) from None
+    global _writes
+    _writes += 1
     try:
         with os.fdopen(handle, mode) as stream:
             yield stream
             stream.flush()
+            _inject("enospc")
+            _inject("killmid")
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except OSError as error:
         _remove(temporary)
         raise disk_error(path, error) from None
+    except RuntimeError as error:  # torch.save reports a failed write as a RuntimeError
+        _remove(temporary)
+        if "write" not in str(error).lower():
+            raise
+        raise disk_error(path, OSError(errno.ENOSPC, str(error))) from None
     except BaseException:
         _remove(temporary)
         raise
+    _inject("kill")
 
 
 def _remove(temporary: str) -> None:
@@ -135,3 +171,70 @@ def remove_partial_files(directory: str | Path) -> list[Path]:
             leftover.unlink()
             removed.append(leftover)
     return removed
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append `line` and a newline to a log, flushed to disk (`read_lines` drops a torn line)."""
+    global _writes
+    _writes += 1
+    data = (line + "\n").encode()
+    try:
+        with open(path, "ab") as stream:
+            _inject("enospc")
+            if _fault_due("killmid"):
+                stream.write(data[: len(data) // 2])
+                stream.flush()
+                _inject("killmid")
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+    except OSError as error:
+        raise disk_error(path, error) from None
+    _inject("kill")
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The complete lines of a log written by `append_line`; a torn last line is dropped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(errors="replace").split("\n")
+    return [line for line in lines[:-1] if line.strip()]  # after the last newline: torn or empty
+
+
+def output_directory(path: str | Path, flag: str) -> Path:
+    """Create the output folder `path` (given as `flag`); a file at that path is a UserError."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder; pass a folder for the outputs")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"{flag} {path} lies under a file; pass a folder for the outputs") from None
+    except OSError as error:
+        raise disk_error(path, error) from None
+    remove_partial_files(path)
+    return path
+
+
+@contextlib.contextmanager
+def locked_directory(directory: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on `directory` (a `.lock` file) while writing into it.
+
+    A second process that asks for the same folder gets a UserError instead of interleaving
+    its files with the first one's. The lock dies with the process, so a killed run leaves
+    none behind.
+    """
+    directory = Path(directory)
+    handle = os.open(directory / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"another process is writing to {directory}; wait for it to finish or choose "
+                "another output folder"
+            ) from None
+        yield directory
+    finally:
+        os.close(handle)

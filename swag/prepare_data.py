@@ -10,13 +10,12 @@ table, so torchvision would try to download unless the *uncompressed* idx files 
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import shutil
 import sys
 from pathlib import Path
 
-from swag import idx_format
+from swag import cli, idx_format
 from swag.data import dataset_root
 from swag.errors import UserError
 from swag.io import atomic_output
@@ -44,7 +43,7 @@ def prepare_mnist_format(source: Path, data_path: Path, dataset: str = "FashionM
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--data_path", default="data")
     parser.add_argument("--dataset", default="FashionMNIST", choices=["FashionMNIST", "MNIST"])
@@ -59,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_main(main)

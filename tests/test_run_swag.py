@@ -285,7 +285,7 @@ BAD_INPUTS = {
     "unknown_model": ({"--model": "ResNet9000"}, "unknown model 'ResNet9000'; choose one of"),
     "missing_data": ({"--data_path": "{bad}/empty"}, "--download"),
     "label_arr_length": ({"--label_arr": "{bad}/labels.npy"}, "full training set"),
-    "swag_start_0": ({"--swag": None, "--swag_start": "0"}, "--swag_start must lie strictly"),
+    "swag_start_0": ({"--swag": None, "--swag_start": "0"}, "--swa_start: must be a positive"),
     "swag_start_ge_epochs": ({"--swag": None, "--swag_start": "2"}, "--swag_start must lie"),
     "truncated_resume": ({"--resume": "{bad}/truncated.pt"}, "truncated or not a PyTorch"),
     "not_a_checkpoint": ({"--resume": "{bad}/labels.npy"}, "labels.npy"),

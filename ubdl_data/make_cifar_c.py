@@ -25,14 +25,14 @@ if __package__ in (None, ""):  # run as `python ubdl_data/make_cifar_c.py`: impo
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from swag.cli import run_main  # noqa: E402
+from swag import cli  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 from ubdl_data import _external, _generate  # noqa: E402
 from ubdl_data.corruptions import CORRUPTIONS, get_corruption  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datapath", required=True, help="torchvision root of the clean data")
     parser.add_argument("--savepath", required=True, help="folder for the corrupted sets")
     parser.add_argument("--dataset", default="CIFAR10", choices=list(_generate.DATASETS))
@@ -110,4 +110,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    cli.run_main(main)

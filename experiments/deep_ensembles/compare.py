@@ -26,7 +26,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from swag import regression1d  # noqa: E402
+from swag import (
+    cli,  # noqa: E402
+    regression1d,  # noqa: E402
+)
 from swag.errors import UserError  # noqa: E402
 from swag.io import atomic_savefig, atomic_write_text  # noqa: E402
 from swag.wasserstein import w2_curves  # noqa: E402
@@ -36,7 +39,7 @@ COUNTS = [1, 2, 3, 5, 10, 20, 50]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, required=True, help="output directory")
     parser.add_argument("--data", type=Path, default=HERE / "data.npz", help="data.npz to use")
     parser.add_argument("--config", default="2020-02", choices=sorted(regression1d.CONFIGS))
@@ -150,4 +153,4 @@ def plot(curves: dict[str, list[float]], path: Path, title: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_main(main)

@@ -12,12 +12,12 @@ most seeds give nearly flat functions that the noise swamps).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout, uninstalled
 
+from swag import cli  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 from swag.regression1d import make_data, save_npz  # noqa: E402
 
@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=13, help="torch.Generator seed")
     parser.add_argument("--noise_std", type=float, default=0.04, help="observation noise std")
     parser.add_argument("--out", type=Path, default=HERE / "data.npz")
@@ -43,4 +43,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_main(main)

@@ -8,7 +8,6 @@ and the data, and writes one PNG:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -16,7 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 
 import numpy as np  # noqa: E402
 
-from swag import regression1d  # noqa: E402
+from swag import (
+    cli,  # noqa: E402
+    regression1d,  # noqa: E402
+)
 from swag.errors import UserError  # noqa: E402
 from swag.io import atomic_savefig  # noqa: E402
 
@@ -36,7 +38,7 @@ def load_predictions(path: Path) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, required=True, help="a compare.py output directory")
     parser.add_argument("--data", type=Path, default=HERE / "data.npz")
     parser.add_argument("--out", type=Path, default=None, help="default: <dir>/predictive.png")
@@ -74,4 +76,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_main(main)

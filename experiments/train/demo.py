@@ -27,7 +27,7 @@ from swag.posteriors import SWA, SWAG, Checkpoint  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_path", default="data")
     parser.add_argument("--dataset", default="FashionMNIST")
     parser.add_argument("--dir", default="runs/demo")

@@ -30,14 +30,19 @@ from tabulate import tabulate  # noqa: E402
 from swag import bma, bma_results, cli, data, models, posteriors  # noqa: E402
 from swag.bma_results import METRICS  # noqa: E402
 from swag.errors import UserError  # noqa: E402
-from swag.io import atomic_savez  # noqa: E402
+from swag.io import (  # noqa: E402
+    atomic_savez,
+    locked_directory,
+    output_directory,
+    remove_partial_files,
+)
 from swag.posteriors.methods import SamplingOptions  # noqa: E402
 from swag.shift import load_shifted  # noqa: E402
 
 
 def import_plugins(argv: list[str] | None) -> None:
     """Import the modules named by --import (they register posteriors and methods)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = cli.ArgumentParser(add_help=False)
     pre.add_argument("--import", dest="imports", action="append", default=[])
     for name in pre.parse_known_args(argv)[0].imports:
         posteriors.import_module_or_file(name)
@@ -45,7 +50,7 @@ def import_plugins(argv: list[str] | None) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     import_plugins(argv)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--import", dest="imports", action="append", default=[], metavar="MODULE",
         help="a module (dotted name or .py path) that registers more posteriors and methods",
@@ -58,14 +63,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--method", default="multiswag", choices=posteriors.method_names())
     parser.add_argument(
-        "--swag_samples", type=int, default=20,
+        "--swag_samples", type=cli.positive_int, default=20,
         help="samples per member (one for deterministic members: SWA means, checkpoints)",
     )  # fmt: skip
     parser.add_argument(
-        "--max_num_models", type=int, default=20, help="use at most this many deviation columns"
+        "--max_num_models",
+        type=cli.non_negative_int,
+        default=20,
+        help="use at most this many deviation columns",
     )
     parser.add_argument(
-        "--scale", type=float, default=0.5,
+        "--scale", type=cli.positive_float, default=0.5,
         help="SWAG covariance scale: posterior tempering, not calibration (--temperature_scale)",
     )  # fmt: skip
     parser.add_argument(
@@ -80,13 +88,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "with labels.npy (published CIFAR-10-C)",
     )  # fmt: skip
     parser.add_argument("--corruptions", nargs="*", default=None, help="subset of corruptions")
-    parser.add_argument("--severities", nargs="*", type=int, default=None, help="subset, 1..5")
     parser.add_argument(
-        "--bn_subset", type=int, default=None, metavar="N",
+        "--severities", nargs="*", type=cli.severity, default=None, help="subset, 1..5"
+    )
+    parser.add_argument(
+        "--bn_subset", type=cli.positive_int, default=None, metavar="N",
         help="update BN on a fixed random subset of N training images (default: full pass)",
     )  # fmt: skip
     parser.add_argument(
-        "--eval_batch_size", type=int, default=bma.SCORING_BATCH_SIZE,
+        "--eval_batch_size", type=cli.positive_int, default=bma.SCORING_BATCH_SIZE,
         help="batch size of scoring (eval mode: changes no result)",
     )  # fmt: skip
     parser.add_argument("--cache_probs", action="store_true", help="cache float16 probabilities")
@@ -106,8 +116,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.add_runtime_arguments(parser)
     args = parser.parse_args(argv)
     models.get_model(args.model)  # an unknown name raises UserError listing the choices
-    if args.bn_subset is not None and args.bn_subset < 1:
-        raise UserError(f"--bn_subset must be a positive number of images, got {args.bn_subset}")
     for path in args.swag_ckpts:
         if not Path(path).is_file():
             raise UserError(
@@ -148,9 +156,20 @@ def summary(curves: dict, shifted: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.device = str(cli.resolve_device(args.device))
-    out = Path(args.savedir)
-    out.mkdir(parents=True, exist_ok=True)
-    cli.record_invocation(out, args, __file__, argv, name="eval_command")
+    out = output_directory(args.savedir, "--savedir")
+    cache = (
+        output_directory(out / f"probs_{args.method}", "--savedir") if args.cache_probs else None
+    )
+    with locked_directory(out):
+        try:
+            return evaluate(args, out, cache, argv)
+        finally:
+            if cache is not None:
+                remove_partial_files(cache)
+
+
+def evaluate(args, out: Path, cache: Path | None, argv: list[str] | None) -> int:
+    """Check every input, then score; records the command only once the inputs proved good."""
     spec = models.get_model(args.model)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     loaders, num_classes = data.loaders(
@@ -167,10 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         lambda: spec.build(num_classes).to(args.device, memory_format=memory_format), options,
     )  # fmt: skip
     num_samples = 1 if members.check() else args.swag_samples
+    cli.record_invocation(out, args, __file__, argv, name="eval_command")
     result = bma.bayesian_model_average(
         members, sets, num_samples, args.device, bn_loader=loaders["train"],
-        bn_subset=args.bn_subset, seed=args.seed, bf16=args.bf16,
-        cache_dir=out / f"probs_{args.method}" if args.cache_probs else None, log=print,
+        bn_subset=args.bn_subset, seed=args.seed, bf16=args.bf16, cache_dir=cache, log=print,
     )  # fmt: skip
     curves = result.curves()
     draws = len(members) * num_samples

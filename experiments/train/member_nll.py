@@ -12,7 +12,6 @@ DE − MultiSWAG and MultiSWA − MultiSWAG per member: a positive value means M
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -47,7 +46,7 @@ def by_severity(nlls: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--caches", nargs="+", required=True, type=Path,
                         help="probs_<method>/ folders written with --cache_probs")  # fmt: skip
     args = parser.parse_args(argv)

@@ -32,7 +32,7 @@ TITLES = {"nll": "NLL", "accuracy": "accuracy", "ece": "ECE", "brier": "Brier"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--results", nargs="+", required=True, metavar="PATH",
         help="<method>.json files or probs_<method>/ cache folders of eval_multiswag.py",

@@ -24,9 +24,16 @@ import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from swag import cli, data, metrics, models, speed, training  # noqa: E402
+from swag import cli, data, metrics, models, posteriors, speed, training  # noqa: E402
 from swag.errors import UserError  # noqa: E402
-from swag.io import atomic_savez, atomic_write_text  # noqa: E402
+from swag.io import (  # noqa: E402
+    append_line,
+    atomic_savez,
+    atomic_write_text,
+    locked_directory,
+    output_directory,
+    read_lines,
+)
 from swag.posteriors import SWAG, Checkpoint  # noqa: E402
 from swag.seeding import derived_seed  # noqa: E402
 
@@ -47,28 +54,41 @@ COLUMNS = [
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="SGD/SWA/SWAG training")
+    parser = cli.ArgumentParser(description="SGD/SWA/SWAG training")
     parser.add_argument("--dir", required=True, help="output directory")
     cli.add_data_arguments(parser)
     parser.add_argument(
         "--model", required=True, help="registry name, e.g. PreResNet20, VGG16, LeNet5"
     )
     parser.add_argument("--resume", default=None, help="checkpoint-<e>.pt to resume from")
-    parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--save_freq", type=int, default=25)
-    parser.add_argument("--eval_freq", type=int, default=5)
-    parser.add_argument("--lr_init", type=float, default=0.01)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--wd", type=float, default=1e-4, help="SGD weight decay (all parameters)")
-    parser.add_argument("--prior_var", type=float, default=None, help="Gaussian prior variance")
-    parser.add_argument("--swag", "--swa", dest="swag", action="store_true")
-    parser.add_argument("--swag_start", "--swa_start", dest="swag_start", type=float, default=161)
-    parser.add_argument("--swag_lr", "--swa_lr", dest="swag_lr", type=float, default=0.02)
     parser.add_argument(
-        "--swag_c_epochs", "--swa_c_epochs", dest="swag_c_epochs", type=int, default=1
+        "--overwrite", action="store_true",
+        help="start afresh in a --dir that holds another run's files (deletes them)",
+    )  # fmt: skip
+    parser.add_argument("--epochs", type=cli.positive_int, default=200)
+    parser.add_argument("--save_freq", type=cli.positive_int, default=25)
+    parser.add_argument("--eval_freq", type=cli.positive_int, default=5)
+    parser.add_argument("--lr_init", type=cli.positive_float, default=0.01)
+    parser.add_argument("--momentum", type=cli.momentum_value, default=0.9)
+    parser.add_argument(
+        "--wd", type=cli.non_negative_float, default=1e-4, help="SGD weight decay (all parameters)"
     )
+    parser.add_argument(
+        "--prior_var", type=cli.positive_float, default=None, help="Gaussian prior variance"
+    )
+    parser.add_argument("--swag", "--swa", dest="swag", action="store_true")
+    parser.add_argument(
+        "--swag_start", "--swa_start", dest="swag_start", type=cli.positive_float, default=161
+    )
+    parser.add_argument(
+        "--swag_lr", "--swa_lr", dest="swag_lr", type=cli.positive_float, default=0.02
+    )
+    parser.add_argument(
+        "--swag_c_epochs", "--swa_c_epochs", dest="swag_c_epochs", type=cli.positive_int,
+        default=1,
+    )  # fmt: skip
     parser.add_argument("--cov_mat", action="store_true", help="keep the low-rank deviation matrix")
-    parser.add_argument("--max_num_models", type=int, default=20)
+    parser.add_argument("--max_num_models", type=cli.non_negative_int, default=20)
     parser.add_argument("--swag_resume", default=None, help="swag-<e>.pt to resume from")
     parser.add_argument(
         "--loss", default="CE", choices=training.LOSSES,
@@ -90,7 +110,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--channels_last", action=argparse.BooleanOptionalAction, default=True,
         help="channels_last memory format for images and convolutions (default: on)",
     )  # fmt: skip
-    speed_flags.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    speed_flags.add_argument(
+        "--threads", type=cli.positive_int, default=None, help="CPU threads for torch"
+    )
     cli.add_runtime_arguments(parser)
     args = parser.parse_args(argv)
     validate(args)
@@ -112,12 +134,26 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError(
             f"unknown --dataset {args.dataset!r}; choose one of: {', '.join(data.DATASETS)}"
         )
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues a run and --overwrite deletes it; pass only one")
+    for flag, path in (("--resume", args.resume), ("--swag_resume", args.swag_resume)):
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"{flag} {path} does not exist; pass an existing file")
 
 
 def resume(args, run: dict, device: torch.device) -> int:
     """Restore training, SWAG and SGD-ensemble state; returns the number of completed epochs."""
     state = training.load_checkpoint(args.resume, map_location=device)
-    if "state_dict" not in state or "epoch" not in state:
+    try:
+        kind = posteriors.detect_kind(state, args.resume)
+    except UserError:
+        kind = None
+    if kind == "swag":
+        raise UserError(
+            f"{args.resume} is a SWAG file; pass it with --swag_resume, and the "
+            "checkpoint-<e>.pt of the same epoch with --resume"
+        )
+    if kind != "checkpoint" or "epoch" not in state:
         raise UserError(f"{args.resume} is not a checkpoint-<e>.pt of run_swag.py; pass one")
     training.load_model_state(run["model"], state["state_dict"], args.resume)
     if "optimizer" in state:
@@ -127,6 +163,13 @@ def resume(args, run: dict, device: torch.device) -> int:
     swag_path = Path(args.swag_resume or Path(args.resume).with_name(f"swag-{epoch}.pt"))
     if swag_model is not None and (args.swag_resume or swag_path.exists()):
         swag_state = training.load_checkpoint(swag_path, map_location=device)
+        if posteriors.detect_kind(swag_state, str(swag_path)) != "swag":
+            raise UserError(f"{swag_path} is not a swag-<e>.pt; pass one with --swag_resume")
+        if "epoch" in swag_state and int(swag_state["epoch"]) != epoch:
+            raise UserError(
+                f"{swag_path} is from epoch {int(swag_state['epoch'])} but {args.resume} from "
+                f"epoch {epoch}; pass the swag-{epoch}.pt of the same epoch with --swag_resume"
+            )
         training.load_model_state(swag_model, swag_state["state_dict"], str(swag_path))
         if "sgd_ensemble" in swag_state:
             run["sgd_ensemble"].load_state_dict(swag_state["sgd_ensemble"])
@@ -138,12 +181,33 @@ def resume(args, run: dict, device: torch.device) -> int:
 
 
 def truncate_metrics_log(path: Path, completed_epochs: int) -> None:
-    """Drop rows of epochs after the resumed checkpoint (they are about to be rerun)."""
-    if not path.exists():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in rows if json.loads(line)["ep"] <= completed_epochs]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    """Keep the rows of epochs up to the resumed checkpoint (later ones are about to be rerun);
+    a torn last line, left by a kill during the append, is dropped."""
+    kept = []
+    for line in read_lines(path):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("ep", completed_epochs + 1) <= completed_epochs:
+            kept.append(line)
+    if path.exists():
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+RUN_FILES = ("checkpoint-*.pt", "swag-*.pt", "metrics.jsonl", "sgd_ens_preds.npz")
+
+
+def claim_directory(out: Path, args) -> None:
+    """A new run refuses a folder holding another run's files, unless --overwrite clears them."""
+    found = sorted(path for pattern in RUN_FILES for path in out.glob(pattern))
+    if found and not args.overwrite:
+        raise UserError(
+            f"{out} holds another run ({found[0].name}, ...); resume it with --resume "
+            f"{out}/checkpoint-<e>.pt, choose a new --dir, or pass --overwrite to delete it"
+        )
+    for path in found:
+        path.unlink()
 
 
 def should_collect(args, epoch: int) -> bool:
@@ -230,8 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     speed.set_threads(args.threads)
     if args.bf16 is None:
         args.bf16 = speed.bf16_supported(device)
-    out = Path(args.dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_directory(args.dir, "--dir")
+    with locked_directory(out):
+        train(args, out, device, argv)
+    return 0
+
+
+def train(args, out: Path, device: torch.device, argv: list[str] | None) -> None:
     torch.manual_seed(args.seed)
     run = setup(args, device)
     start_epoch = 0
@@ -239,34 +308,37 @@ def main(argv: list[str] | None = None) -> int:
         start_epoch = resume(args, run, device)
         truncate_metrics_log(out / "metrics.jsonl", start_epoch)
     else:
+        claim_directory(out, args)
         save(out, run, 0)
-    cli.record_invocation(
-        out, args, __file__, argv
-    )  # once the inputs proved good: a failed start clobbers nothing
+    # Only once the inputs proved good: a failed start clobbers nothing.
+    cli.record_invocation(out, args, __file__, argv)
     last_good = start_epoch
-    with (out / "metrics.jsonl").open("a") as log:
-        for epoch in range(start_epoch, args.epochs):
-            started = time.time()
-            try:
-                row = run_epoch(args, run, epoch, device)
-            except training.DivergenceError:
-                raise UserError(
-                    f"training diverged in epoch {epoch + 1} (the loss became NaN); "
-                    f"{out / f'checkpoint-{last_good}.pt'} is the last good state: resume from it "
-                    "with a lower --lr_init"
-                ) from None
-            if (epoch + 1) % args.save_freq == 0 or epoch == args.epochs - 1 or args.save_iterates:
-                save(out, run, epoch + 1)
-                last_good = epoch + 1
-            row.update(time=time.time() - started, mem_usage=speed.peak_memory_gib(device))
-            print_row(row, header=epoch == start_epoch or epoch % 40 == 0)
-            log.write(json.dumps(row) + "\n")
-            log.flush()
+    for epoch in range(start_epoch, args.epochs):
+        started = time.time()
+        try:
+            row = run_epoch(args, run, epoch, device)
+        except training.DivergenceError:
+            raise UserError(
+                f"training diverged in epoch {epoch + 1} (the loss became NaN); "
+                f"{out / f'checkpoint-{last_good}.pt'} is the last good state: resume from it "
+                f"with a lower {'--swag_lr' if in_swag_phase(args, epoch) else '--lr_init'}"
+            ) from None
+        row.update(time=time.time() - started, mem_usage=speed.peak_memory_gib(device))
+        print_row(row, header=epoch == start_epoch or epoch % 40 == 0)
+        # The row before the checkpoint: a resume truncates rows after its checkpoint.
+        append_line(out / "metrics.jsonl", json.dumps(row))
+        if (epoch + 1) % args.save_freq == 0 or epoch == args.epochs - 1 or args.save_iterates:
+            save(out, run, epoch + 1)
+            last_good = epoch + 1
     if args.swag and run["sgd_ensemble"].num_members:
         targets = torch.cat([y.cpu() for _, y in run["loaders"]["test"]]).numpy()
         predictions = run["sgd_ensemble"].probs.numpy()
         atomic_savez(out / "sgd_ens_preds.npz", predictions=predictions, targets=targets)
-    return 0
+
+
+def in_swag_phase(args, epoch: int) -> bool:
+    """Whether the learning rate of `epoch` is already moving toward --swag_lr (t > 0.5)."""
+    return args.swag and not args.no_schedule and epoch / args.swag_start > 0.5
 
 
 def print_row(row: dict, header: bool) -> None:
