@@ -16,6 +16,7 @@ bytes do not depend on --workers, --limit or the subset asked for.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -27,8 +28,11 @@ from tqdm import tqdm  # noqa: E402
 
 from swag import cli  # noqa: E402
 from swag.errors import UserError  # noqa: E402
+from swag.io import atomic_write_text, locked_directory, output_directory  # noqa: E402
 from ubdl_data import _external, _generate  # noqa: E402
 from ubdl_data.corruptions import CORRUPTIONS, get_corruption  # noqa: E402
+
+SETTINGS_FILE = "make_cifar_c_settings.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,27 +44,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--corruptions", nargs="+", default=list(CORRUPTIONS), metavar="NAME",
         help="original names (gaussian_noise ...) or display names; default: all 19",
     )  # fmt: skip
-    parser.add_argument("--severities", nargs="+", type=int, default=list(_generate.SEVERITIES))
-    parser.add_argument("--workers", type=int, default=1, help="processes (default: 1)")
-    parser.add_argument("--seed", type=int, default=0, help="base seed of every generator")
+    parser.add_argument(
+        "--severities", nargs="+", type=cli.severity, default=list(_generate.SEVERITIES)
+    )
+    parser.add_argument("--workers", type=cli.positive_int, default=1, help="processes")
+    parser.add_argument(
+        "--seed", type=cli.non_negative_int, default=0, help="base seed of every generator"
+    )
     parser.add_argument("--format", default="ubdl", choices=["ubdl", "hendrycks"])
-    parser.add_argument("--limit", type=int, default=None, help="only the first N test images")
+    parser.add_argument(
+        "--limit", type=cli.positive_int, default=None, help="only the first N test images"
+    )
     return parser.parse_args(argv)
 
 
 def check_args(args: argparse.Namespace) -> list[str]:
     """Validate the flags; return the canonical corruption names, in the original order."""
     names = {get_corruption(name).name for name in args.corruptions}
-    if bad := sorted(set(args.severities) - set(_generate.SEVERITIES)):
-        raise UserError(f"--severities must be in 1..5, not {bad}.")
     if args.format == "hendrycks" and sorted(set(args.severities)) != list(_generate.SEVERITIES):
         raise UserError(
             "--format hendrycks stores all five severities per file; drop --severities."
         )
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, not {args.workers}.")
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be at least 1, not {args.limit}.")
     if names & {"motion_blur", "snow"}:
         _external.check_imagemagick()
     if "frost" in names:
@@ -72,14 +76,41 @@ def output_path(savepath: Path, fmt: str, name: str, severity: int) -> Path:
     return savepath / (f"{name}_{severity}.npz" if fmt == "ubdl" else f"{name}.npy")
 
 
+def claim_savepath(savepath: Path, args: argparse.Namespace) -> None:
+    """Sets already in --savepath are kept only if they were made with the same settings."""
+    settings = {key: getattr(args, key) for key in ("dataset", "seed", "limit", "format")}
+    record = savepath / SETTINGS_FILE
+    if record.is_file():
+        try:
+            earlier = json.loads(record.read_text())
+        except json.JSONDecodeError:
+            earlier = None
+        if earlier != settings:
+            raise UserError(
+                f"{savepath} holds sets made with other settings ({record.name}: {earlier}); "
+                "pass the same --dataset --seed --limit --format, or choose another --savepath"
+            )
+    elif any(savepath.glob("*.np[yz]")):
+        raise UserError(
+            f"{savepath} holds .npz/.npy files of unknown origin; choose another --savepath"
+        )
+    atomic_write_text(record, json.dumps(settings, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = check_args(args)
-    severities = sorted(set(args.severities))
     images, labels = _generate.load_test_set(args.dataset, args.datapath)
-    images, labels = images[: args.limit], labels[: args.limit]
-    savepath = Path(args.savepath)
-    savepath.mkdir(parents=True, exist_ok=True)
+    savepath = output_directory(args.savepath, "--savepath")
+    with locked_directory(savepath):
+        claim_savepath(savepath, args)
+        generate(args, names, images[: args.limit], labels[: args.limit], savepath)
+    return 0
+
+
+def generate(args, names: list[str], images, labels, savepath: Path) -> None:
+    """Write every (corruption, severity) set that is not in `savepath` yet."""
+    severities = sorted(set(args.severities))
 
     pairs = [(name, severity) for name in names for severity in severities]
     todo = [p for p in pairs if not output_path(savepath, args.format, *p).exists()]
@@ -106,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
                 blocks = []
         progress.update()
     progress.close()
-    return 0
 
 
 if __name__ == "__main__":
