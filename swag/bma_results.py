@@ -21,7 +21,14 @@ import torch
 from swag import metrics
 from swag.calibration import fit_temperature, probs_to_logits, scale_logits
 from swag.errors import UserError
-from swag.io import PARTIAL_SUFFIX, atomic_savez, atomic_write_bytes, disk_error
+from swag.io import (
+    PARTIAL_SUFFIX,
+    atomic_savez,
+    atomic_write_bytes,
+    disk_error,
+    load_npy,
+    load_npz,
+)
 
 METRICS = ("nll", "accuracy", "ece", "brier")
 
@@ -142,9 +149,8 @@ def load_probability_cache(directory: str | Path) -> tuple[dict[str, np.ndarray]
     directory = Path(directory)
     if not (directory / "targets.npz").is_file():
         raise UserError(f"{directory} is not a complete probability cache (no targets.npz)")
-    with np.load(directory / "targets.npz") as f:
-        targets = {name: f[name] for name in f.files}
-    probs = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in targets}
+    targets = load_npz(directory / "targets.npz")
+    probs = {name: load_npy(directory / f"{name}.npy", mmap=True) for name in targets}
     return probs, targets
 
 

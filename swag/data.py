@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from swag import idx_format
 from swag.errors import UserError
+from swag.io import load_npy
 from swag.seeding import derived_generator, derived_seed
 from swag.transforms import InputPreset, input_preset
 
@@ -87,12 +88,7 @@ def read_label_array(path: str | Path, num_train: int, num_classes: int) -> torc
     path = Path(path)
     if not path.is_file():
         raise UserError(f"label_arr {path} does not exist; pass the path of a .npy label array")
-    try:
-        labels = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise UserError(
-            f"label_arr {path} is not a readable .npy array; pass a numpy .npy file"
-        ) from error
+    labels = load_npy(path)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise UserError(
             f"label_arr {path} holds a {labels.dtype} array of shape {labels.shape}; it must be "

@@ -238,3 +238,47 @@ def locked_directory(directory: str | Path) -> Iterator[Path]:
         yield directory
     finally:
         os.close(handle)
+
+
+def load_npy(path: str | Path, mmap: bool = False):
+    """`numpy.load` of a `.npy` without pickles; a missing, empty, truncated, object-array or
+    foreign file is a UserError naming it."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; pass the path of a .npy file")
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise _unreadable(path, ".npy", error) from None
+    if not isinstance(array, np.ndarray):
+        raise UserError(f"{path} is an .npz archive, not a .npy array; pass a .npy file")
+    return array
+
+
+def load_npz(path: str | Path) -> dict:
+    """Every array of an `.npz` archive, read now (no pickles); a damaged file is a UserError."""
+    import zipfile
+
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; pass the path of a .npz file")
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("a .npy array, not a zip archive")
+        with archive:
+            return {name: archive[name] for name in archive.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as error:
+        raise _unreadable(path, ".npz", error) from None
+
+
+def _unreadable(path: Path, kind: str, error: Exception) -> UserError:
+    reason = "it is empty" if path.stat().st_size == 0 else f"{error}".split("\n")[0]
+    return UserError(
+        f"{path} is not a readable {kind} file ({reason}); it may be truncated, hold pickled "
+        f"objects, or be another format: write it again with numpy.save{'z' * (kind == '.npz')}"
+    )

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from swag.errors import UserError
-from swag.io import atomic_savez
+from swag.io import atomic_savez, load_npz
 from swag.models.regression_net import RegressionNet
 from swag.posteriors.ensembles import initial_members, train_members
 from swag.posteriors.flat import FlatModel
@@ -58,7 +58,7 @@ def load_data(path: str | Path, device: str | torch.device = "cpu") -> Regressio
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist: run experiments/deep_ensembles/make_data.py")
-    arrays = np.load(path)
+    arrays = load_npz(path)
     missing = [k for k in DATA_KEYS if k not in arrays]
     if missing:
         raise UserError(f"{path} lacks keys {missing}: pass a file written by make_data.py")

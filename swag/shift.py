@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from swag.errors import UserError
+from swag.io import load_npy, load_npz
 
 NUM_SEVERITIES = 5
 _PER_SEVERITY = re.compile(r"^(?P<corruption>.+)_(?P<severity>[1-9][0-9]*)\.npz$")
@@ -153,10 +154,10 @@ def _load_per_severity(root: Path, corruptions: Sequence[str] | None) -> Iterato
     for corruption, by_severity in files.items():
         loaded = {}
         for severity, p in by_severity.items():
-            with np.load(p, allow_pickle=False) as f:
-                if "data" not in f or "labels" not in f:
-                    raise UserError(f"{p} must hold the keys 'data' and 'labels', not {f.files}")
-                images, labels = _as_images(f["data"], p), _as_labels(f["labels"], p)
+            f = load_npz(p)
+            if "data" not in f or "labels" not in f:
+                raise UserError(f"{p} must hold the keys 'data' and 'labels', not {list(f)}")
+            images, labels = _as_images(f["data"], p), _as_labels(f["labels"], p)
             if len(images) != len(labels):
                 raise UserError(f"{p} holds {len(images)} images but {len(labels)} labels")
             loaded[severity] = (images, labels)
@@ -170,12 +171,12 @@ def _load_per_severity(root: Path, corruptions: Sequence[str] | None) -> Iterato
 
 
 def _load_hendrycks(root: Path, corruptions: Sequence[str] | None) -> Iterator[ShiftedSet]:
-    all_labels = _as_labels(np.load(root / "labels.npy", allow_pickle=False), root / "labels.npy")
+    all_labels = _as_labels(load_npy(root / "labels.npy"), root / "labels.npy")
     for p in sorted(root.glob("*.npy")):
         if p.name == "labels.npy" or (corruptions is not None and p.stem not in corruptions):
             continue
         # A memory map: only the blocks that are scored get read (CIFAR-10-C is 150 MB a file).
-        images = _as_images(np.load(p, mmap_mode="r", allow_pickle=False), p)
+        images = _as_images(load_npy(p, mmap=True), p)
         if len(images) % NUM_SEVERITIES:
             raise UserError(f"{p} holds {len(images)} images, not {NUM_SEVERITIES} equal blocks")
         n = len(images) // NUM_SEVERITIES
