@@ -21,7 +21,7 @@ SCRIPT = REPO_ROOT / "experiments" / "double_descent" / "run.py"
 
 @pytest.fixture(scope="module")
 def fmnist(tmp_path_factory):
-    return write_mnist_format(tmp_path_factory.mktemp("fmnist"), n_train=192, n_test=48)
+    return write_mnist_format(tmp_path_factory.mktemp("fmnist"), n_train=128, n_test=32)
 
 
 def sweep_args(out, data_path, *extra: str, widths=("1", "2")):
