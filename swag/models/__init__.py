@@ -7,6 +7,7 @@ from swag.models import (  # noqa: F401  (importing a module registers its model
     regression_net,
     vgg,
     wide_resnet,
+    width_scaled,
 )
 from swag.models.registry import (
     ModelSpec,

@@ -1,0 +1,1 @@
+python experiments/double_descent/run.py --dataset FashionMNIST --data_path /work/main/data --model CNN5NoAug --widths 1 2 3 4 6 8 16 --noise 0.2 0 --members 2 --epochs 30 --swag_start 20 --lr 0.02 --swag_lr 0.01 --wd 0 --swag_samples 4 --train_subset 1000 --test_subset 2000 --batch_size 32 --seed 1 --device cpu --out experiments/double_descent/results/fmnist_cnn5
