@@ -42,6 +42,7 @@ from experiments.double_descent.sweep import (  # noqa: E402
 from swag import cli, data, io, models  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 from swag.seeding import derived_generator, derived_seed  # noqa: E402
+from swag.transforms import MNIST_PRESET, InputPreset, input_preset  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -119,10 +120,10 @@ def load_data(args: argparse.Namespace) -> dict[float, CellData]:
     test_images, test_labels = _random_subset(
         test_images, test_labels, args.test_subset, args.seed, TEST_SUBSET_STREAM
     )
-    preset = models.get_model(args.model).preset
+    preset = input_preset(models.get_model(args.model).preset)
     if len(preset.mean) != train_images.shape[1]:  # grey images: normalise as (Fashion-)MNIST
-        grey = models.MNIST_PRESET
-        preset = models.InputPreset(grey.mean, grey.std, preset.crop_padding, preset.hflip)
+        grey = MNIST_PRESET
+        preset = InputPreset(grey.mean, grey.std, preset.crop_padding, preset.hflip)
     cells = {}
     for eta in args.noise:
         rng = np.random.default_rng(derived_seed(args.seed, NOISE_STREAM))  # same for every η

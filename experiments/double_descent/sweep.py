@@ -27,9 +27,10 @@ import torch
 
 from swag import metrics, training
 from swag.data import TensorLoader
-from swag.models.registry import InputPreset, ModelSpec
+from swag.models.registry import ModelSpec
 from swag.posteriors import SWAG
 from swag.seeding import derived_generator, derived_seed
+from swag.transforms import InputPreset
 
 # Stream indices of `swag.seeding.derived_seed`: data streams first, then per member m the
 # streams 100 + 3m (initialisation), 100 + 3m + 1 (data order), 100 + 3m + 2 (SWAG draws).

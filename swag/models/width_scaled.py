@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from swag.models.preresnet import BasicBlock
-from swag.models.registry import CIFAR_PRESET, register_model
+from swag.models.registry import register_model
 
 
 def _check_width(width: int) -> int:
@@ -105,6 +105,6 @@ class CNN5(nn.Module):
         return self.fc(torch.flatten(self.features(x), 1))
 
 
-register_model("PreResNet18Width", PreResNet18Width, CIFAR_PRESET)
-register_model("CNN5", CNN5, CIFAR_PRESET)
-register_model("CNN5NoAug", CNN5, CIFAR_PRESET.without_augmentation())
+register_model("PreResNet18Width", PreResNet18Width, "cifar")
+register_model("CNN5", CNN5, "cifar")
+register_model("CNN5NoAug", CNN5, "cifar_noaug")
