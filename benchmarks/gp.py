@@ -70,8 +70,10 @@ def gpytorch_step(n: int, args):
 
 def report(label: str, n: int, seconds: tuple[float, float]) -> None:
     load = os.getloadavg()[0]
-    print(f"{label:<28} N={n:>6}: {seconds[0]:8.3f} s/step wall, {seconds[1]:8.3f} s CPU, "
-          f"load {load:.2f}")  # fmt: skip
+    print(
+        f"{label:<28} N={n:>6}: {seconds[0]:8.3f} s/step wall, {seconds[1]:8.3f} s CPU, "
+        f"load {load:.2f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,17 +92,21 @@ def main(argv: list[str] | None = None) -> int:
     report("gpytorch default (CG)", args.common_n, reference)
     fast = timed(fast_step(args.common_n, args, dtype), args.steps)
     report("dense Cholesky (swag.gp)", args.common_n, fast)
-    print(f"speed-up at N={args.common_n}: {reference[0] / fast[0]:.1f}x wall, "
-          f"{reference[1] / fast[1]:.1f}x CPU")  # fmt: skip
+    print(
+        f"speed-up at N={args.common_n}: {reference[0] / fast[0]:.1f}x wall, "
+        f"{reference[1] / fast[1]:.1f}x CPU"
+    )
     largest = (args.common_n, fast)
     for n in args.fast_n:
         largest = (n, timed(fast_step(n, args, dtype), args.steps))
         report("dense Cholesky (swag.gp)", n, largest[1])
     n, (wall, cpu) = largest
     factor = (PAPER_N / n) ** 3 * PAPER_STEPS / 3600
-    print(f"projected N={PAPER_N} x {PAPER_STEPS} steps from N={n}: {wall * factor:.2f} h wall, "
-          f"{cpu * factor / args.threads:.2f} h CPU per thread; needs "
-          f"{gp.dense_memory_bytes(PAPER_N, dtype) / 2**30:.1f} GiB")  # fmt: skip
+    print(
+        f"projected N={PAPER_N} x {PAPER_STEPS} steps from N={n}: {wall * factor:.2f} h wall, "
+        f"{cpu * factor / args.threads:.2f} h CPU per thread; needs "
+        f"{gp.dense_memory_bytes(PAPER_N, dtype) / 2**30:.1f} GiB"
+    )
     return 0
 
 

@@ -237,8 +237,13 @@ class DenseVariationalGP(torch.nn.Module):
                 parameter.copy_(state[GPYTORCH_NAMES[name]].reshape(parameter.shape))
 
 
-def fit(model: DenseVariationalGP, labels: torch.Tensor, iterations: int, lr: float = 0.1,
-        progress: bool = True) -> list[float]:  # fmt: skip
+def fit(
+    model: DenseVariationalGP,
+    labels: torch.Tensor,
+    iterations: int,
+    lr: float = 0.1,
+    progress: bool = True,
+) -> list[float]:
     """Adam(lr) on −ELBO/n, full batch, as the original; returns −ELBO/n before each step."""
     from tqdm import tqdm
 

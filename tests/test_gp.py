@@ -42,12 +42,17 @@ def test_expected_log_likelihood_matches_numerical_integration():
     mean = torch.tensor([0.3, -1.2, 2.5, 0.0], dtype=torch.float64)
     var = torch.tensor([0.5, 2.0, 0.1, 4.0], dtype=torch.float64)
     signs = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64)
+
     def integrand(f, m, v, s):
-        return math.exp(-((f - m) ** 2) / (2 * v)) / math.sqrt(2 * math.pi * v) * special.log_ndtr(s * f)
+        return (
+            math.exp(-((f - m) ** 2) / (2 * v))
+            / math.sqrt(2 * math.pi * v)
+            * special.log_ndtr(s * f)
+        )
 
     expected = sum(
         integrate.quad(integrand, m - 12 * v**0.5, m + 12 * v**0.5, args=(m, v, s))[0]
-        for m, v, s in zip(mean.tolist(), var.tolist(), signs.tolist())
+        for m, v, s in zip(mean.tolist(), var.tolist(), signs.tolist(), strict=True)
     )
     # 20-point Gauss–Hermite is exact for polynomials of degree 39; log Φ is not one, and the
     # widest Gaussian here (variance 4) leaves an error of about 2e-6.
@@ -97,8 +102,9 @@ def test_training_matches_gpytorch_default_path():
     with torch.no_grad():
         expected = likelihood(reference(test_x)).probs
     torch.testing.assert_close(fast.probabilities(test_x), expected, rtol=0, atol=1e-3)
-    torch.testing.assert_close(fast.train_probabilities(),
-                               likelihood(reference(x)).probs.detach(), rtol=0, atol=1e-3)  # fmt: skip
+    torch.testing.assert_close(
+        fast.train_probabilities(), likelihood(reference(x)).probs.detach(), rtol=0, atol=1e-3
+    )
 
 
 def test_evidence_falls_with_label_noise():

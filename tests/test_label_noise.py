@@ -105,8 +105,19 @@ def test_against_original_arrays():
 def test_driver_writes_independent_files(tmp_path, tiny_cifar10):
     data = tiny_cifar10(tmp_path / "data", n_train=250)
     out = tmp_path / "labels"
-    argv = ["--dataset", "CIFAR10", "--data_path", str(data.data_path), "--out", str(out),
-            "--counts", "50", "250", "--seed", "3"]  # fmt: skip
+    argv = [
+        "--dataset",
+        "CIFAR10",
+        "--data_path",
+        str(data.data_path),
+        "--out",
+        str(out),
+        "--counts",
+        "50",
+        "250",
+        "--seed",
+        "3",
+    ]
     assert make_corrupted_labels.main(argv) == 0
     full = np.load(out / "cifar10_label_corruption_250.npy")
     part = np.load(out / "cifar10_label_corruption_50.npy")
