@@ -77,8 +77,17 @@ def test_binary_driver(prepared):
     assert len(results["neg_elbo_per_example"]) == 3
     assert 0 <= results["test_accuracy"] <= 1 and results["elbo_per_example"] < 0
     assert (out / "bin_model_corrupted0.pth").is_file()
-    figure = plot_rethinking.main(["--binary_dir", str(out), "--out", str(out / "fig.png")])
-    assert figure == 0 and (out / "fig.png").is_file()
+    laplace = out / "laplace.json"
+    rows = [
+        {"fraction": f, "log_marglik_per_example": -f, "train_acc": 1.0, "test_acc": 0.5}
+        for f in (0.0, 0.5)
+    ]
+    laplace.write_text(json.dumps(rows))
+    argv = ["--binary_dir", str(out), "--laplace_json", str(laplace), "--out", str(out / "f.png")]
+    assert plot_rethinking.main(argv) == 0 and (out / "f.png").is_file()
+    laplace.write_text(json.dumps([{"fraction": 0.1}]))
+    with pytest.raises(UserError, match="must be a list of objects with keys"):
+        plot_rethinking.main(argv)
 
 
 def test_one_vs_all_driver(prepared):

@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def binary_rows(directory: Path) -> list[dict]:
     """One row per `bin_model_corrupted<f>.json`, sorted by f."""
-    paths = sorted(directory.glob("bin_model_corrupted*.json"))
+    paths = [p for p in directory.glob("bin_model_corrupted*.json") if "_config" not in p.name]
     if not paths:
         raise UserError(f"no bin_model_corrupted*.json in {directory}; run the binary GP first")
     rows = [json.loads(path.read_text()) for path in paths]
