@@ -92,13 +92,23 @@ class DenseVariationalGP(torch.nn.Module):
     kernel; parameters named and initialised as gpytorch's (softplus-constrained σ², ℓ).
 
     Args:
-        train_x: [n, d] inputs (already scaled), in the dtype used for all computation.
+        train_x: [n, d] inputs (already scaled), in the dtype of the parameters and of the
+            Cholesky factorisations.
         generator: draws the initial m = c + 10⁻³ ε, as gpytorch's initialisation.
+        product_dtype: dtype of the two n³ products A = P⁻¹L and AAᵀ (default: train_x's).
+            float32 halves their cost; with float64 factorisations the gradients of a trained
+            N = 1,000 model moved by under 4·10⁻⁶ of their largest entry.
     """
 
-    def __init__(self, train_x: torch.Tensor, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        train_x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        product_dtype: torch.dtype | None = None,
+    ):
         super().__init__()
         n, dtype = train_x.shape[0], train_x.dtype
+        self.product_dtype = product_dtype or dtype
         self.register_buffer("train_x", train_x)
         self.register_buffer("sq_dist", squared_distances(train_x, train_x).fill_diagonal_(0.0))
         self.raw_constant = torch.nn.Parameter(torch.zeros((), dtype=dtype))
@@ -118,10 +128,9 @@ class DenseVariationalGP(torch.nn.Module):
     def lengthscale(self) -> torch.Tensor:
         return F.softplus(self.raw_lengthscale).reshape(())
 
-    def correlation(self, sq_dist: torch.Tensor | None = None) -> torch.Tensor:
-        """R = exp(−D²/(2ℓ²)) for the training inputs (or the given squared distances)."""
-        sq_dist = self.sq_dist if sq_dist is None else sq_dist
-        return torch.exp(sq_dist * (-0.5 / self.lengthscale.detach() ** 2))
+    def correlation(self) -> torch.Tensor:
+        """R = exp(−D²/(2ℓ²)) [n, n] between the training inputs."""
+        return torch.exp(self.sq_dist * (-0.5 / self.lengthscale.detach() ** 2))
 
     def prior_covariance(self, correlation: torch.Tensor) -> torch.Tensor:
         covariance = correlation * self.outputscale.detach()
@@ -145,8 +154,10 @@ class DenseVariationalGP(torch.nn.Module):
         if backward:
             pinv = torch.cholesky_inverse(chol_prior)
             del chol_prior
-            product = lower_product(pinv, chol_var)  # A = P⁻¹L
-            trace = (product * chol_var).sum()
+            low = chol_var.to(self.product_dtype)
+            product = lower_product(pinv.to(self.product_dtype), low)  # A = P⁻¹L
+            trace = (product * low).sum(dtype=pinv.dtype)
+            del low
         else:
             whitened = torch.linalg.solve_triangular(chol_prior, chol_var, upper=False)
             trace = whitened.square().sum()
@@ -162,7 +173,8 @@ class DenseVariationalGP(torch.nn.Module):
 
         grad_scale, grad_length = self._hyper_gradients(pinv, product, solved_delta, correlation)
         del pinv, correlation
-        grad_chol = product.tril_()  # reuses A's memory: tril(P⁻¹L)
+        grad_chol = product.tril_().to(chol_var.dtype)  # tril(P⁻¹L)
+        del product
         grad_chol.diagonal().sub_(1.0 / chol_var.diagonal())
         grad_chol.sub_(2.0 * grad_var[:, None] * chol_var).div_(n)
         self.chol_variational_covar.grad = grad_chol
@@ -181,7 +193,7 @@ class DenseVariationalGP(torch.nn.Module):
             rows = slice(start, min(start + BLOCK, n))
             stop = rows.stop
             block = pinv[rows, :stop] - torch.outer(solved_delta[rows], solved_delta[:stop])
-            block -= product[rows] @ product[:stop].T
+            block -= (product[rows] @ product[:stop].T).to(block.dtype)
             block *= correlation[rows, :stop]
             weights = torch.full((stop,), 2.0, dtype=pinv.dtype, device=pinv.device)
             weights[start:] = 1.0  # a block left of the diagonal also stands for its transpose

@@ -130,3 +130,17 @@ def test_lower_product_uses_only_the_lower_triangle():
     lower = torch.randn(700, 700, generator=generator, dtype=torch.float64).tril()
     torch.testing.assert_close(gp.lower_product(full, lower, block=128), full @ lower)
     assert np.isfinite(gp.largest_n(1.0))
+
+
+def test_float32_products_keep_the_gradients():
+    """float32 products (A = P⁻¹L, AAᵀ) beside float64 factorisations, after 20 steps."""
+    x, y = toy_problem(300)
+    exact = gp.DenseVariationalGP(x, torch.Generator().manual_seed(0))
+    gp.fit(exact, y, 20, progress=False)
+    mixed = gp.DenseVariationalGP(x, product_dtype=torch.float32)
+    mixed.load_state_dict(exact.state_dict())
+    assert mixed.negative_elbo(y) == pytest.approx(exact.negative_elbo(y), abs=1e-6)
+    for (name, expected), actual in zip(exact.named_parameters(), mixed.parameters(), strict=True):
+        scale = expected.grad.abs().max().item()
+        assert actual.grad.dtype == torch.float64, name
+        torch.testing.assert_close(actual.grad, expected.grad, rtol=0, atol=1e-4 * scale)
