@@ -55,7 +55,7 @@ def test_prepare_reads_cifar_pickles(tmp_path, tiny_cifar10):
     assert np.array_equal(np.load(tmp_path / "train_x.npy"), data.train_images)  # [N, 32, 32, 3]
 
 
-def test_binary_driver(prepared):
+def test_binary_driver(prepared, capsys):
     root, _ = prepared
     out = root / "binary"
     for fraction in ("0", "0.3"):
@@ -72,6 +72,9 @@ def test_binary_driver(prepared):
             *FAST,
         ]
         assert gp_train_binary_corrupted.main(argv) == 0
+    argv[argv.index("0.3")] = "0.75"
+    assert gp_train_binary_corrupted.main(argv) == 0
+    assert "anti-correlated" in capsys.readouterr().err
     results = json.loads((out / "bin_model_corrupted0.3.json").read_text())
     assert results["n_train"] == 40 and results["flipped"] == 12
     assert len(results["neg_elbo_per_example"]) == 3
