@@ -111,10 +111,11 @@ class DenseVariationalGP(torch.nn.Module):
         self.product_dtype = product_dtype or dtype
         self.register_buffer("train_x", train_x)
         self.register_buffer("sq_dist", squared_distances(train_x, train_x).fill_diagonal_(0.0))
-        self.raw_constant = torch.nn.Parameter(torch.zeros((), dtype=dtype))
-        self.raw_outputscale = torch.nn.Parameter(torch.zeros((), dtype=dtype))
-        self.raw_lengthscale = torch.nn.Parameter(torch.zeros(1, 1, dtype=dtype))
-        noise = torch.randn(n, generator=generator, dtype=dtype)
+        like = {"dtype": dtype, "device": train_x.device}
+        self.raw_constant = torch.nn.Parameter(torch.zeros((), **like))
+        self.raw_outputscale = torch.nn.Parameter(torch.zeros((), **like))
+        self.raw_lengthscale = torch.nn.Parameter(torch.zeros(1, 1, **like))
+        noise = torch.randn(n, generator=generator, dtype=dtype)  # a CPU generator
         self.variational_mean = torch.nn.Parameter(1e-3 * noise.to(train_x.device))
         with torch.no_grad():
             chol = torch.linalg.cholesky(self.prior_covariance(self.correlation()))

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from swag import gp
+from swag.cli import resolve_device
 from swag.errors import UserError
 from swag.io import atomic_torch_save, atomic_write_text
 
@@ -22,7 +23,9 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 def add_gp_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data_dir", type=Path, required=True, help="gp_prepare_data.py --dir")
     parser.add_argument("--dir", type=Path, required=True, help="output folder")
-    parser.add_argument("--n_train", type=int, default=None, help="training subset (default all)")
+    parser.add_argument(
+        "--n_train", type=int, default=None, help="training subset (default: all; 15000 one-vs-all)"
+    )
     parser.add_argument("--n_test", type=int, default=None, help="test subset (default all)")
     parser.add_argument("--scale", type=float, default=5000.0, help="inputs = pixels / scale")
     parser.add_argument("--iterations", type=int, default=100, help="full-batch Adam steps")
@@ -36,6 +39,7 @@ def add_gp_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--memory_gib", type=float, default=6.0, help="limit for n×n matrices")
     parser.add_argument("--seed", type=int, default=1, metavar="S")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default all)")
     parser.add_argument("--no_progress", action="store_true", help="no tqdm bar")
 
@@ -114,14 +118,17 @@ def train_and_score(x, labels, test_x, test_labels, args, generator) -> tuple:
     the final ELBO/n, train accuracy against `labels`, test accuracy against `test_labels`."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     start = time.perf_counter()
+    x, test_x = x.to(device), test_x.to(device)
     model = gp.DenseVariationalGP(x, generator, DTYPES[args.products or args.dtype])
-    targets = torch.as_tensor(labels)
+    targets = torch.as_tensor(labels).to(device)
     history = gp.fit(model, targets, args.iterations, args.lr, not args.no_progress)
     elbo = -model.negative_elbo(targets, backward=False)
     train_seconds = time.perf_counter() - start
-    train_probs = model.train_probabilities()
-    test_probs = model.probabilities(test_x)
+    train_probs = model.train_probabilities().cpu()
+    test_probs = model.probabilities(test_x).cpu()
+    targets = targets.cpu()
     results = {
         "n_train": int(x.shape[0]),
         "n_test": int(test_x.shape[0]),
