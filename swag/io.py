@@ -24,6 +24,7 @@ import errno
 import fcntl
 import io
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,8 @@ PARTIAL_SUFFIX = ".partial"
 LOCK_NAME = ".lock"
 _SPACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _writes = 0  # writes of this process, for SWAG_FAULT
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read the process umask: files get the mode open() would give them
 
 
 def _fault_due(fault: str) -> bool:
@@ -86,6 +89,7 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         )
     except OSError as error:
         raise disk_error(path, error) from None
+    os.fchmod(handle, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from other users
     global _writes
     _writes += 1
     try:
@@ -99,11 +103,6 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     except OSError as error:
         _remove(temporary)
         raise disk_error(path, error) from None
-    except RuntimeError as error:  # torch.save reports a failed write as a RuntimeError
-        _remove(temporary)
-        if "write" not in str(error).lower():
-            raise
-        raise disk_error(path, OSError(errno.ENOSPC, str(error))) from None
     except BaseException:
         _remove(temporary)
         raise
@@ -131,7 +130,12 @@ def atomic_torch_save(obj, path: str | Path) -> None:
     import torch
 
     with atomic_output(path, "wb") as stream:
-        torch.save(obj, stream)
+        try:
+            torch.save(obj, stream)
+        except RuntimeError as error:
+            # torch's zip writer reports a failed write ("unexpected pos ...") as a RuntimeError.
+            free = shutil.disk_usage(Path(path).parent).free
+            raise OSError(errno.ENOSPC if free < 2**26 else errno.EIO, str(error)) from None
 
 
 def atomic_savez(path: str | Path, **arrays) -> None:

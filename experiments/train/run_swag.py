@@ -199,9 +199,14 @@ RUN_FILES = ("checkpoint-*.pt", "swag-*.pt", "metrics.jsonl", "sgd_ens_preds.npz
 
 
 def claim_directory(out: Path, args) -> None:
-    """A new run refuses a folder holding another run's files, unless --overwrite clears them."""
+    """A new run refuses a folder holding another run's files, unless --overwrite clears them.
+
+    A lone swag-0.pt (no checkpoint, no metrics) is what a run killed in its first save leaves:
+    it holds no collected model, so it is cleared without asking.
+    """
     found = sorted(path for pattern in RUN_FILES for path in out.glob(pattern))
-    if found and not args.overwrite:
+    debris = [out / "swag-0.pt"] if found == [out / "swag-0.pt"] else []
+    if found and not debris and not args.overwrite:
         raise UserError(
             f"{out} holds another run ({found[0].name}, ...); resume it with --resume "
             f"{out}/checkpoint-<e>.pt, choose a new --dir, or pass --overwrite to delete it"
