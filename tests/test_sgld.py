@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -148,3 +149,35 @@ def test_thinning_and_empty_banks():
         Thinning(thin=0)
     with pytest.raises(UserError, match="empty"):
         SampleBank(small_model()).sample()
+
+
+def test_run_sgld_end_to_end(tmp_path, tiny_fashion_mnist):
+    from experiments.train import run_sgld
+    from swag.models import get_model
+
+    tiny = tiny_fashion_mnist(tmp_path / "data", n_train=128, n_test=32)
+    out = tmp_path / "run"
+    argv = ["--dir", str(out), "--data_path", str(tiny.data_path), "--dataset", "FashionMNIST",
+            "--model", "LeNet5", "--epochs", "3", "--burn_in", "1", "--thin", "1", "--cosine",
+            "--use_test", "--batch_size", "64", "--lr_init", "1e-3", "--prior_var", "1",
+            "--device", "cpu"]  # fmt: skip
+    assert run_sgld.main(argv) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["kept"] for row in rows] == [False, True, True]
+    assert rows[0]["lr"] == pytest.approx(1e-3) and rows[2]["lr"] == pytest.approx(2.5e-4)
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_samples"] == 2 and results["noise_factor"] == pytest.approx(128**-0.5)
+    assert 0 <= results["bma_acc"] <= 100 and results["bma_nll"] > 0
+    assert (out / "command.sh").is_file() and (out / "config.json").is_file()
+    bank = load(out / "samples.pt", get_model("LeNet5").build(10))
+    assert isinstance(bank, SampleBank) and bank.num_samples == 2
+
+
+def test_run_sgld_refuses_a_chain_that_keeps_nothing(tmp_path):
+    from experiments.train import run_sgld
+
+    argv = ["--dir", str(tmp_path / "run"), "--data_path", str(tmp_path), "--model", "LeNet5",
+            "--epochs", "3", "--burn_in", "3"]  # fmt: skip
+    with pytest.raises(UserError, match="keeps no sample"):
+        run_sgld.main(argv)
+    assert not (tmp_path / "run").exists()
