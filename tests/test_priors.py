@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from swag import priors
+from swag import prior_inputs, priors
 from swag.errors import UserError
 from swag.models import get_model
 
@@ -128,3 +128,39 @@ def test_linear_model_correlation_matches_its_closed_form():
     expected = priors.linear_correlation(inputs, inputs)
     tolerance = 5 * (1 - expected**2) / 20_000**0.5 + 1e-12
     assert ((sampled - expected).abs() <= tolerance).all(), (sampled - expected).abs().max()
+
+
+def test_class_indices_select_and_sort_by_class():
+    targets = torch.tensor([3, 1, 3, 0, 1, 3, 1, 0])
+    index = prior_inputs.class_indices(targets, [1, 3], per_class=2, offset=1)
+    assert index.tolist() == [4, 6, 2, 5]
+    with pytest.raises(UserError, match="class 2 has 0 images"):
+        prior_inputs.class_indices(targets, [2], per_class=1)
+
+
+def test_translation_shifts_within_its_range_and_keeps_content():
+    images = torch.zeros(200, 1, 32, 32, dtype=torch.uint8)
+    images[:, 0, 16, 16] = 255
+    for intensity in (1, 3):
+        moved = prior_inputs.translate(images, intensity, np.random.default_rng(0))
+        rows, columns = (moved[:, 0] == 255).nonzero()[:, 1:].T
+        assert len(rows) == 200  # the pixel stays inside: shifts ≤ 2k < 16
+        shifts = torch.cat([rows - 16, columns - 16])
+        assert shifts.abs().max() == 2 * intensity  # every shift in [-2k, 2k] occurs over 200
+    assert torch.equal(prior_inputs.translate(images, 0, np.random.default_rng(0)), images)
+
+
+def test_perturbation_levels_rgb32_and_path():
+    grey = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    rgb = prior_inputs.to_rgb32(grey)
+    assert rgb.shape == (3, 3, 32, 32) and torch.equal(rgb[:, 1, 2:30, 2:30], grey[:, 0])
+    brighten = prior_inputs.corruption(lambda x, k, rng: np.minimum(x.astype(int) + k, 255), None)
+    levels = prior_inputs.perturbation_levels(rgb, brighten, levels=2)
+    assert levels.shape == (3, 3, 3, 32, 32) and torch.equal(levels[:, 0], rgb)
+    assert torch.equal(levels[:, 2], torch.clamp(rgb.long() + 2, max=255).to(levels.dtype))
+    start, end = torch.randn(1, 4, 4), torch.randn(1, 4, 4)
+    path = prior_inputs.interpolation_path(start, end, torch.linspace(-1, 2, 7))
+    norms = path.flatten(1).norm(dim=1)
+    torch.testing.assert_close(norms, torch.full((7,), float((2 * start - end).norm())))
+    direction = path[3] / path[3].norm()  # t = 0.5
+    torch.testing.assert_close(direction, (start + end) / (start + end).norm())

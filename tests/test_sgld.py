@@ -13,7 +13,7 @@ from swag.errors import UserError
 from swag.posteriors.base import load
 from swag.posteriors.methods import get_method
 from swag.posteriors.sample_bank import SampleBank, Thinning
-from swag.posteriors.sgld import SGLD, noise_factor_for
+from swag.posteriors.sgld import SGLD, full_batch_sgld, noise_factor_for
 
 MEAN = torch.tensor([1.0, -2.0], dtype=torch.float64)
 COVARIANCE = torch.tensor([[1.0, 0.8], [0.8, 1.0]], dtype=torch.float64)
@@ -181,3 +181,16 @@ def test_run_sgld_refuses_a_chain_that_keeps_nothing(tmp_path):
     with pytest.raises(UserError, match="keeps no sample"):
         run_sgld.main(argv)
     assert not (tmp_path / "run").exists()
+
+
+def test_full_batch_sgld_runs_and_validates():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    inputs, targets = torch.randn(30, 4), torch.arange(30) % 3
+    before = current_weights(model)
+    result = full_batch_sgld(model, inputs, targets, prior_var=1.0, num_steps=5,
+                             generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert set(result) == {"loss", "accuracy"} and result["loss"] > 0
+    assert not torch.equal(before, current_weights(model))
+    with pytest.raises(UserError):
+        full_batch_sgld(model, inputs, targets, prior_var=1.0, num_steps=0)
