@@ -120,3 +120,23 @@ def interpolation_path(start: torch.Tensor, end: torch.Tensor, ts: torch.Tensor)
     path = start[None] + ts.view(shape) * (end - start)[None]
     norms = path.flatten(1).norm(dim=1).view(shape)
     return path * (norms[0] / norms)
+
+
+def available_dataset(
+    data_path: str | Path, candidates: Sequence[str], download: bool = False
+) -> str:
+    """The first of `candidates` whose test split loads from `data_path` (with `download`, the
+    first candidate is fetched)."""
+    if download:
+        data.load_split(candidates[0], data_path, train=False, download=True)
+        return candidates[0]
+    for dataset in candidates:
+        try:
+            data.load_split(dataset, data_path, train=False)
+        except UserError:
+            continue
+        return dataset
+    raise UserError(
+        f"none of {', '.join(candidates)} is under {Path(data_path).resolve()}; run `make data` "
+        "for the offline Fashion-MNIST, or set download = True (the scripts' --download)"
+    )

@@ -264,8 +264,35 @@ def rbf_kernel(
     return torch.exp(-torch.cdist(x, y).pow(2) / lengthscale**2)
 
 
+def rbf_perturbation_kernel(
+    levels: torch.Tensor, lengthscale: float = RBF_LENGTHSCALE
+) -> torch.Tensor:
+    """RBF kernel between each clean input and its perturbed versions.
+
+    Args:
+        levels: [N, L, ...], level 0 the clean input.
+
+    Returns:
+        k [N, L] float64: k[n, l] = exp(−‖x_n0 − x_nl‖²/l²); k[:, 0] = 1.
+    """
+    flat = levels.reshape(*levels.shape[:2], -1).double()
+    return torch.exp(-(flat - flat[:, :1]).pow(2).sum(-1) / lengthscale**2)
+
+
 def mean_offdiagonal(matrix: torch.Tensor) -> float:
     """Mean over pairs n ≠ m of a square matrix (the "mean clean-image correlation")."""
     size = matrix.shape[-1]
     mask = ~torch.eye(size, dtype=torch.bool, device=matrix.device)
     return float(matrix[..., mask].mean())
+
+
+def class_block_means(corr: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(mean over same-class pairs n ≠ m, mean over different-class pairs) of `corr [N, N]`."""
+    same = labels[:, None] == labels[None]
+    off_diagonal = ~torch.eye(len(labels), dtype=torch.bool, device=corr.device)
+    return float(corr[same & off_diagonal].mean()), float(corr[~same].mean())
+
+
+def mean_class_probabilities(outputs: torch.Tensor) -> torch.Tensor:
+    """Softmax of each sample's logits averaged over inputs: outputs [S, N, C] -> [S, C]."""
+    return torch.softmax(outputs.double(), dim=-1).mean(1)

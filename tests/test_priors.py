@@ -111,6 +111,9 @@ def test_rbf_kernel_by_hand():
     y = torch.tensor([[0.0, 0.0], [6.0, 8.0]])
     expected = torch.tensor([[1.0, np.exp(-100 / 25)], [np.exp(-25 / 25), np.exp(-25 / 25)]])
     torch.testing.assert_close(priors.rbf_kernel(x, y, lengthscale=5.0), expected.double())
+    levels = torch.stack([x, y])  # two inputs, two levels each
+    expected_levels = torch.tensor([[1.0, np.exp(-1)], [1.0, np.exp(-4)]], dtype=torch.float64)
+    torch.testing.assert_close(priors.rbf_perturbation_kernel(levels, 5.0), expected_levels)
     # the original's scale: two images 15000/√3072 ≈ 271 apart in every pixel give k = e^-1
     far = torch.full((1, 3072), 15000 / 3072**0.5)
     assert float(priors.rbf_kernel(torch.zeros(1, 3072), far)) == pytest.approx(np.exp(-1))
