@@ -85,19 +85,21 @@ def perturbation_curves(
 
 
 def class_probabilities(
-    rows: Mapping[str, Sequence[torch.Tensor]], class_names: Sequence[str], path: str | Path
+    rows: Mapping[str, Sequence[tuple[str, torch.Tensor]]],
+    class_names: Sequence[str],
+    path: str | Path,
 ) -> Path:
-    """Bar charts of class probabilities averaged over test inputs: `rows[title] = [probs [C],
-    ...]`, one row of panels per title (e.g. the predictive, then single samples)."""
-    columns = max(len(bars) for bars in rows.values())
-    figure = _figure(2.2 * columns, 1.9 * len(rows))
+    """Bar charts of class probabilities averaged over test inputs, one row of panels per key:
+    `rows[title] = [(panel label, probs [C]), ...]` (e.g. the predictive, then single draws)."""
+    columns = max(len(panels) for panels in rows.values())
+    figure = _figure(2.2 * columns, 2.0 * len(rows))
     positions = np.arange(len(class_names))
-    for row, (title, bars) in enumerate(rows.items()):
-        for column, probs in enumerate(bars):
+    for row, (title, panels) in enumerate(rows.items()):
+        for column, (label, probs) in enumerate(panels):
             axes = figure.add_subplot(len(rows), columns, row * columns + column + 1)
             axes.bar(positions, probs.numpy(), color="tab:blue" if column == 0 else "tab:grey")
             axes.set_ylim(0, 1)
-            axes.set_xticks(positions, class_names, fontsize=6, rotation=90)
+            axes.set_xticks(positions, class_names, fontsize=6)
             axes.tick_params(axis="y", labelsize=6)
-            axes.set_title(title if column == 0 else f"sample {column}", fontsize=7)
+            axes.set_title(f"{title}\n{label}" if column == 0 else label, fontsize=7)
     return atomic_savefig(figure, path)
