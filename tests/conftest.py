@@ -266,3 +266,33 @@ def bayesian_linear_regression():
     precision = design.T @ design / LINEAR_NOISE_VAR + identity / LINEAR_PRIOR_VAR
     mean = torch.linalg.solve(precision, design.T @ targets[:, 0] / LINEAR_NOISE_VAR)
     return inputs, targets, design, precision, mean
+
+
+def execute_notebook(path: Path, parameters: str, timeout: int = 600) -> None:
+    """Run the notebook at `path` top to bottom in its folder, its first (parameters) cell
+    replaced by `parameters`; the committed notebook must be stripped of outputs."""
+    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat")
+    book = nbformat.read(path, as_version=4)
+    assert "parameters" in book.cells[0].metadata.get("tags", [])
+    assert all(not cell.get("outputs") for cell in book.cells if cell.cell_type == "code")
+    book.cells[0].source = parameters
+    resources = {"metadata": {"path": str(path.parent)}}
+    environment = {"MPLBACKEND": "Agg", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    saved = {key: os.environ.get(key) for key in environment}
+    os.environ.update(environment)
+    try:
+        nbclient.NotebookClient(book, timeout=timeout, kernel_name="python3",
+                                resources=resources).execute()  # fmt: skip
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def run_notebook():
+    """`(path, parameters, timeout=600)`: execute a notebook with its parameters replaced."""
+    return execute_notebook

@@ -15,6 +15,7 @@ from swag.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiments" / "deep_ensembles"
+NOTEBOOKS = ROOT / "notebooks" / "deep_ensembles"
 ORIGINAL_DATA = ROOT.parent / "shared" / "reference" / "data" / "regression1d_data.npz"
 
 
@@ -96,17 +97,6 @@ NOTEBOOK_PARAMETERS = {
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOK_PARAMETERS))
-def test_notebook_executes_at_reduced_size(name, monkeypatch):
-    nbclient = pytest.importorskip("nbclient")
-    nbformat = pytest.importorskip("nbformat")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    book = nbformat.read(EXPERIMENT / name, as_version=4)
-    assert "parameters" in book.cells[0].metadata.get("tags", [])
-    assert all(not cell.get("outputs") for cell in book.cells if cell.cell_type == "code")
+def test_notebook_executes_at_reduced_size(name, run_notebook):
     data_path = f"data_path = {str(EXPERIMENT / 'data.npz')!r}\n"
-    book.cells[0].source = data_path + NOTEBOOK_PARAMETERS[name]
-    client = nbclient.NotebookClient(
-        book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(EXPERIMENT)}}
-    )
-    client.execute()
+    run_notebook(NOTEBOOKS / name, data_path + NOTEBOOK_PARAMETERS[name], timeout=300)
