@@ -18,7 +18,7 @@ import torch
 
 from swag import data
 from swag.errors import UserError
-from swag.models.registry import InputPreset
+from swag.transforms import InputPreset, input_preset
 
 
 def class_indices(
@@ -64,8 +64,9 @@ def load_class_images(
     return images[index], targets[index]
 
 
-def normalise(images: torch.Tensor, preset: InputPreset) -> torch.Tensor:
+def normalise(images: torch.Tensor, preset: str | InputPreset) -> torch.Tensor:
     """uint8 `[N, C, H, W]` → float32 with the preset's per-channel mean and std."""
+    preset = input_preset(preset)
     mean = torch.tensor(preset.mean).view(1, -1, 1, 1)
     std = torch.tensor(preset.std).view(1, -1, 1, 1)
     return (images.float() / 255 - mean) / std

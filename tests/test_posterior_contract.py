@@ -20,6 +20,7 @@ from swag.posteriors import (
     DeepEnsemble,
     MeanFieldVI,
     Method,
+    SampleBank,
     Posterior,
     register_method,
     register_posterior,
@@ -56,6 +57,7 @@ EXAMPLES = {
     "checkpoint": lambda: Checkpoint(_net()),
     "deep_ensemble": lambda: DeepEnsemble(_net(), seeds=[3, 4, 5]),
     "vi": _fitted_vi,
+    "samples": lambda: SampleBank.from_draws(_net(), torch.randn(2, 3, 38)),
 }
 
 

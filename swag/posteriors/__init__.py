@@ -8,6 +8,7 @@ used the same way: `sample(generator)` writes one weight draw into `.model`, `sa
 - "checkpoint" (checkpoint.py): fixed trained weights, one deep-ensemble member;
 - "deep_ensemble" (ensembles.py): M members trained all at once with vmap (1-D regression);
 - "vi" (vi.py): mean-field Bayes by backprop with a closed-form Gaussian KL;
+- "samples" (sample_bank.py): a bank of MCMC draws, e.g. from SGLD (sgld.py) or HMC;
 - `hmc` (hmc.py): batched full-batch Hamiltonian Monte Carlo over any `nn.Module`.
 
 `eval_multiswag.py --method` choices, labels and colours come from `methods.py`.
@@ -40,12 +41,17 @@ from swag.posteriors.methods import (
     method_names,
     register_method,
 )
+from swag.posteriors.sample_bank import SampleBank, Thinning
+from swag.posteriors.sgld import SGLD, full_batch_sgld, noise_factor_for
 from swag.posteriors.swag import SWA, SWAG
 from swag.posteriors.vi import MeanFieldVI, gaussian_kl
 
 __all__ = [
+    "SGLD",
     "SWA",
     "SWAG",
+    "SampleBank",
+    "Thinning",
     "Checkpoint",
     "DeepEnsemble",
     "FlatModel",
@@ -57,6 +63,7 @@ __all__ = [
     "assign_parameters",
     "detect_kind",
     "flatten_parameters",
+    "full_batch_sgld",
     "gaussian_kl",
     "gaussian_log_posterior",
     "get_method",
@@ -67,6 +74,7 @@ __all__ = [
     "load",
     "map_loss",
     "method_names",
+    "noise_factor_for",
     "posterior_class",
     "posterior_kinds",
     "register_method",

@@ -23,8 +23,8 @@ from torch import nn
 
 from swag.errors import UserError
 from swag.posteriors.base import Posterior, register_posterior
+from swag.posteriors.flat import assign_parameters, flatten_parameters
 from swag.posteriors.methods import Method, register_method
-from swag.posteriors.swag import assign_parameters, flatten_parameters
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,13 @@ class SampleBank(Posterior):
         self._order: torch.Tensor | None = None
         self._position = 0
 
+    @classmethod
+    def from_draws(cls, model: nn.Module, draws: torch.Tensor) -> SampleBank:
+        """A bank of given flat draws `[..., D]` (e.g. `hmc(...).samples [C, S, D]`)."""
+        bank = cls(model)
+        bank.samples = draws.detach().reshape(-1, bank.samples.shape[1]).to(bank.samples)
+        return bank
+
     @property
     def num_samples(self) -> int:
         return self.samples.shape[0]
@@ -124,5 +131,11 @@ register_method(
     Method(
         "sgld", "SGLD", "tab:purple", kinds=("samples",),
         file_hint="the samples file written by run_sgld.py for each member",
+    )
+)  # fmt: skip
+register_method(
+    Method(
+        "hmc", "HMC", "tab:brown", kinds=("samples",),
+        file_hint="a samples file (SampleBank.from_draws of hmc(...).samples) for each member",
     )
 )  # fmt: skip
