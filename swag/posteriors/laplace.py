@@ -1,4 +1,4 @@
-"""Laplace approximation over network weights (MacKay, 1992; Ritter et al., 2018; Immer et al., 2021).
+"""Laplace approximation over network weights (MacKay, 1992; Ritter et al., 2018).
 
 At the MAP weights θ* of a network trained with a Gaussian prior N(0, 1/δ I), the posterior is
 
@@ -141,7 +141,7 @@ class Laplace(Posterior):
         )
 
     def fit(self, loader: Iterable, progress: bool = False) -> Laplace:
-        """Accumulate log p(D|θ*) and the GGN over `loader` (batches (x, y)), at the current weights.
+        """Accumulate log p(D|θ*) and the GGN over `loader` (batches (x, y)) at the current weights.
 
         The model is put in eval mode (BatchNorm running statistics; no dropout).
         """
