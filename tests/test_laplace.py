@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from swag.errors import UserError
 from swag.models import get_model
-from swag.posteriors import base
+from swag.posteriors import base, curvature
 from swag.posteriors.laplace import Laplace
 from swag.posteriors.methods import get_method
 
@@ -236,6 +236,14 @@ def test_conv_batchnorm_network_diag_matches_dense_ggn_and_kron_fits():
             assert torch.equal(value, bn_before[key])
     assert not torch.equal(net[0].weight, kron.mean[: net[0].weight.numel()].view_as(net[0].weight))
     assert math.isfinite(float(kron.log_marginal_likelihood()))
+
+
+def test_conv_patches_are_those_of_unfold():
+    conv = nn.Conv2d(3, 2, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 1))
+    layer = curvature.posterior_layers(nn.Sequential(conv), "all")[0]
+    inputs = torch.randn(4, 3, 9, 7)
+    expected = nn.functional.unfold(inputs, (3, 2), (2, 1), (1, 2), (2, 1)).transpose(1, 2)
+    torch.testing.assert_close(curvature.layer_inputs(layer, inputs), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("hessian", ["diag", "kron"])

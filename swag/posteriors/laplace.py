@@ -358,12 +358,12 @@ class Laplace(Posterior):
             (eig, left, right), delta = next(blocks)
             cast = {"dtype": a.dtype}
             a_rot = a if right is None else a @ right.to(**cast)
-            g_rot = g if left is None else g @ left.to(**cast)
+            g_rot = g if left is None else left.to(**cast).T @ g
             inverse = (1 / (eig + delta.double())).to(**cast)
             variance += curvature.per_example_sq_sum(a_rot, g_rot, inverse)
             if layer.has_bias:
                 (eig, left, _), delta = next(blocks)
-                g_bias = (g if left is None else g @ left.to(**cast)).sum(2)
+                g_bias = (g if left is None else left.to(**cast).T @ g).sum(-1)
                 variance += g_bias.square() @ (1 / (eig + delta.double())).to(**cast)
         return logits, variance.T
 
