@@ -218,3 +218,57 @@ def kfac_factors(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.
     rows_a = a.reshape(-1, a.shape[-1])
     rows_g = g.reshape(-1, *g.shape[2:])
     return rows_a.T @ rows_a / a.shape[1], torch.einsum("bot,bpt->op", rows_g, rows_g)
+
+
+Block = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+
+def block_log_det(eig: torch.Tensor, left, right, delta: torch.Tensor) -> torch.Tensor:
+    """log det of the block (left ⊗ right) diag(eig + δ) (left ⊗ right)ᵀ (orthonormal bases)."""
+    return torch.log(eig.reshape(-1) + delta).sum()
+
+
+def block_variance(eig: torch.Tensor, left, right, delta: torch.Tensor) -> torch.Tensor:
+    """Diagonal of the block's inverse, (left∘left) (1 / (eig + δ)) (right∘right)ᵀ, as eig."""
+    inverse = 1 / (eig + delta)
+    if left is not None:
+        inverse = left.square() @ inverse
+    if right is not None:
+        inverse = inverse @ right.square().T
+    return inverse
+
+
+def block_draw(eig: torch.Tensor, left, right, delta: torch.Tensor, noise: torch.Tensor):
+    """left (Z ⊘ √(eig + δ)) rightᵀ for Z = `noise` shaped as eig: covariance = block⁻¹."""
+    draw = noise / (eig + delta).sqrt()
+    if left is not None:
+        draw = left @ draw
+    if right is not None:
+        draw = draw @ right.T
+    return draw
+
+
+def glm_variance(
+    layers: list[Layer],
+    blocks: list[Block],
+    deltas: torch.Tensor,
+    rows_a: list[torch.Tensor],
+    rows_g: list[torch.Tensor],
+) -> torch.Tensor:
+    """diag(J H⁻¹ Jᵀ) [R, N] from the layers' inputs a and output Jacobian rows g (R = C).
+
+    Each block is rotated into its eigenbasis (g ← leftᵀ g, a ← a right), where H⁻¹ is diagonal.
+    """
+    variance = 0
+    pending = iter(zip(blocks, deltas, strict=True))
+    for layer, a, g in zip(layers, rows_a, rows_g, strict=True):
+        (eig, left, right), delta = next(pending)
+        cast = {"dtype": a.dtype}
+        a_rot = a if right is None else a @ right.to(**cast)
+        g_rot = g if left is None else left.to(**cast).T @ g
+        variance = variance + per_example_sq_sum(a_rot, g_rot, (1 / (eig + delta)).to(**cast))
+        if layer.has_bias:
+            (eig, left, _), delta = next(pending)
+            g_bias = (g if left is None else left.to(**cast).T @ g).sum(-1)
+            variance = variance + g_bias.square() @ (1 / (eig + delta)).to(**cast)
+    return variance

@@ -227,38 +227,34 @@ class Laplace(Posterior):
         )
         return sizes.to(self.mean.device), squares
 
+    def _log_det(self, delta: torch.Tensor) -> torch.Tensor:
+        """log det H = Σ_i log(λ_i + δ_{g(i)}) for δ [groups]."""
+        return sum(
+            curvature.block_log_det(*b, d) for b, d in zip(self.blocks(), delta, strict=True)
+        )
+
     def log_marginal_likelihood(self, prior_precision: torch.Tensor | None = None) -> torch.Tensor:
         """The Laplace evidence (module docstring), differentiable in `prior_precision` [groups]."""
         self._require_fit()
         delta = (self.prior_precision if prior_precision is None else prior_precision).double()
         delta = delta.expand(len(self.params))
         sizes, squares = self._prior_terms()
-        log_det = sum(
-            torch.log(eig.reshape(-1) + d).sum()
-            for (eig, _, _), d in zip(self.blocks(), delta, strict=True)
-        )
         prior = (sizes * delta.log() - delta * squares).sum() / 2
-        return self.log_likelihood + prior - log_det / 2
+        return self.log_likelihood + prior - self._log_det(delta) / 2
 
+    @torch.no_grad()
     def evidence(self) -> dict[str, Any]:
         """The terms of the log marginal likelihood at the current prior precision, as floats."""
-        with torch.no_grad():
-            total = float(self.log_marginal_likelihood())
-            delta = self.prior_precision.double()
-            sizes, squares = self._prior_terms()
-            log_prior = float(
-                ((sizes * (delta.log() - math.log(2 * math.pi)) - delta * squares) / 2).sum()
-            )
-            log_det = sum(
-                float(torch.log(eig.reshape(-1) + d).sum())
-                for (eig, _, _), d in zip(self.blocks(), delta, strict=True)
-            )
+        total = float(self.log_marginal_likelihood())
+        delta = self.prior_precision
+        sizes, squares = self._prior_terms()
+        log_prior = ((sizes * (delta.log() - math.log(2 * math.pi)) - delta * squares) / 2).sum()
         return {
             "log_marginal_likelihood": total,
             "log_marginal_likelihood_per_example": total / int(self.num_data),
             "log_likelihood": float(self.log_likelihood),
-            "log_prior": log_prior,
-            "log_det_posterior_precision": log_det,
+            "log_prior": float(log_prior),
+            "log_det_posterior_precision": float(self._log_det(delta)),
             "prior_precision": self.prior_precision.tolist(),
             "num_params": self.num_params,
             "num_data": int(self.num_data),
@@ -294,15 +290,8 @@ class Laplace(Posterior):
     def posterior_variance(self) -> torch.Tensor:
         """diag(H⁻¹) [P], in the order of the posterior's parameters."""
         self._require_fit()
-        out = []
-        for (eig, left, right), delta in zip(self.blocks(), self.prior_precision, strict=True):
-            inverse = 1 / (eig + delta.double())
-            if left is not None:
-                inverse = left.square() @ inverse
-            if right is not None:
-                inverse = inverse @ right.square().T
-            out.append(inverse.reshape(-1))
-        return torch.cat(out)
+        blocks = zip(self.blocks(), self.prior_precision, strict=True)
+        return torch.cat([curvature.block_variance(*b, d).reshape(-1) for b, d in blocks])
 
     @torch.no_grad()
     def restore_map(self) -> None:
@@ -325,11 +314,7 @@ class Laplace(Posterior):
         blocks = zip(self.params, self.blocks(), self.prior_precision, strict=True)
         for param, (eig, left, right), delta in blocks:
             noise = torch.randn(eig.shape, generator=generator, device=device, dtype=torch.float64)
-            draw = noise.to(eig.device) / (eig + delta.double()).sqrt()
-            if left is not None:
-                draw = left @ draw
-            if right is not None:
-                draw = draw @ right.T
+            draw = curvature.block_draw(eig, left, right, delta, noise.to(eig.device))
             mean = self.mean[offset : offset + param.numel()].view_as(param)
             param.copy_(mean + draw.reshape(param.shape).to(param.dtype))
             offset += param.numel()
@@ -351,20 +336,9 @@ class Laplace(Posterior):
             return eye.expand(logits.shape[0], -1, -1)
 
         logits, rows_a, rows_g = curvature.backpropagate(self.model, self.layers, inputs, identity)
-        variance = torch.zeros(logits.shape[1], logits.shape[0], dtype=logits.dtype)
-        variance = variance.to(logits.device)
-        blocks = iter(zip(self.blocks(), self.prior_precision, strict=True))
-        for layer, a, g in zip(self.layers, rows_a, rows_g, strict=True):
-            (eig, left, right), delta = next(blocks)
-            cast = {"dtype": a.dtype}
-            a_rot = a if right is None else a @ right.to(**cast)
-            g_rot = g if left is None else left.to(**cast).T @ g
-            inverse = (1 / (eig + delta.double())).to(**cast)
-            variance += curvature.per_example_sq_sum(a_rot, g_rot, inverse)
-            if layer.has_bias:
-                (eig, left, _), delta = next(blocks)
-                g_bias = (g if left is None else left.to(**cast).T @ g).sum(-1)
-                variance += g_bias.square() @ (1 / (eig + delta.double())).to(**cast)
+        variance = curvature.glm_variance(
+            self.layers, self.blocks(), self.prior_precision, rows_a, rows_g
+        )
         return logits, variance.T
 
     def predictive(self, inputs: torch.Tensor, link: str = "probit") -> torch.Tensor:
