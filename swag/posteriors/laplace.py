@@ -17,11 +17,16 @@ The Laplace log marginal likelihood (paper section 4 uses it to score corrupted-
              = log p(D|θ*) + ½ Σ_g P_g log δ_g − ½ Σ_g δ_g ‖θ*_g‖² − ½ Σ_i log(λ_i + δ_{g(i)}),
 
 λ_i the eigenvalues of H_ggn's blocks, g a parameter tensor (one δ for all, or one per tensor).
-It is maximised over log δ without refitting, since only the eigenvalues enter. The training
-labels are the ones the network was fitted to (corrupted or not). Compared with the original
-code's unexported diagonal Laplace: the curvature is the GGN summed over the data (not a mean,
-not squared gradients of a minibatch loss), the prior enters H once, the draw is
-θ* + H^{-1/2} z (a standard deviation, not a variance), and only covered layers are perturbed.
+It is maximised over log δ without refitting, since only the eigenvalues enter.
+
+How this differs from the original code's unexported diagonal Laplace, which had six defects:
+the curvature is the exact per-example GGN computed from forward/backward passes that never
+touch `.grad` (the original accumulated squared minibatch gradients of sampled labels, with no
+`zero_grad` between batches); the data-fit term log p(D|θ*) uses the true training labels the
+network was fitted to, corrupted or not (the original used the sampled labels); δ is a
+precision everywhere, in H and in the prior density (the original mixed precision and
+variance); the prior's normaliser counts all P weights (P/2 log δ, not once); and there is no
+per-parameter loop (the original's was over an empty list, with broken indexing).
 
 The network is linearised in eval mode: BatchNorm layers use their running statistics, their
 parameters stay at MAP, and no statistics are recomputed after a draw (`needs_bn_update` False).
