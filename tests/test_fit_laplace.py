@@ -138,3 +138,20 @@ def test_command_line_error_is_one_line_with_status_2(run, tmp_path):
         "error: --prior_precision must be positive; got -1"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_torchvision_loader_gives_the_same_evidence(run, tmp_path):
+    """--loader torchvision (PIL transforms) and the tensor loader read the same unaugmented
+    images: the same evidence up to float32 preprocessing differences."""
+    data_path, checkpoint = run
+    results = []
+    for loader in ("fast", "torchvision"):
+        out = tmp_path / loader
+        extra = ["--subset", "last_layer", "--loader", loader, "--num_workers", "0"]
+        assert fit_laplace.main(fit_args(data_path, checkpoint, out, *extra)) == 0
+        results.append(json.loads((out / "laplace-1.json").read_text()))
+    fast, torchvision = results
+    assert torchvision["log_marginal_likelihood"] == pytest.approx(
+        fast["log_marginal_likelihood"], rel=1e-5
+    )
+    assert torchvision["train_accuracy"] == fast["train_accuracy"]

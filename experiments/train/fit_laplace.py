@@ -88,13 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     spec = models.get_model(args.model)
     loaders, num_classes = data.loaders(
         args.dataset, args.data_path, args.batch_size, args.num_workers, spec.preset,
-        use_validation=not args.use_test, download=args.download, label_arr=args.label_arr,
-        device=device, seed=args.seed,
+        use_validation=not args.use_test, split_classes=args.split_classes,
+        download=args.download, label_arr=args.label_arr, seed=args.seed,
     )  # fmt: skip
-    train = loaders["train"]  # unaugmented, in order: the data the evidence is about
-    train = data.TensorLoader(
-        train.images, train.targets, spec.preset, args.batch_size, False, False, device
-    )
+    images, targets = loaders["train"].images, loaders["train"].targets
+    # unaugmented and in order: the training data the evidence is about
+    if args.loader == "fast":
+        train = data.TensorLoader(
+            images, targets, spec.preset, args.batch_size, False, False, device
+        )
+    else:
+        train = data.TorchvisionLoader(
+            images, targets, spec.preset, args.batch_size, False, False, args.num_workers
+        )
     model = spec.build(num_classes).to(device)
     training.load_model_state(model, weights, args.checkpoint)
     posterior = Laplace(model, args.hessian, args.subset, prior_precision=args.prior_precision)
