@@ -9,10 +9,11 @@ requirements = Path(__file__).with_name("requirements.txt").read_text().split()
 extras = {
     "cifar_c": ["wand>=0.6", "scikit-image>=0.22", "opencv-python>=4.8", "imagecorruptions>=1.1"],
     "gp": ["gpytorch>=1.11"],
+    "laplace": ["laplace-torch>=0.3"],
     "notebooks": ["jupyter", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
 }
 extras["dev"] = ["pytest>=8", "ruff>=0.5", "torchmetrics>=1.3"] + [
-    dep for name in ("cifar_c", "gp", "notebooks") for dep in extras[name]
+    dep for name in ("cifar_c", "gp", "laplace", "notebooks") for dep in extras[name]
 ]
 
 setup(
