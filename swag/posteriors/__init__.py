@@ -8,6 +8,7 @@ used the same way: `sample(generator)` writes one weight draw into `.model`, `sa
 - "checkpoint" (checkpoint.py): fixed trained weights, one deep-ensemble member;
 - "deep_ensemble" (ensembles.py): M members trained all at once with vmap (1-D regression);
 - "vi" (vi.py): mean-field Bayes by backprop with a closed-form Gaussian KL;
+- "laplace" (laplace.py, curvature.py): diagonal and KFAC GGN Laplace with its evidence;
 - "samples" (sample_bank.py): a bank of MCMC draws, e.g. from SGLD (sgld.py) or HMC;
 - `hmc` (hmc.py): batched full-batch Hamiltonian Monte Carlo over any `nn.Module`.
 
@@ -33,6 +34,7 @@ from swag.posteriors.hmc import (
     split_rhat,
     value_and_grad,
 )
+from swag.posteriors.laplace import Laplace
 from swag.posteriors.methods import (
     Method,
     SamplingOptions,
@@ -56,6 +58,7 @@ __all__ = [
     "DeepEnsemble",
     "FlatModel",
     "HMCResult",
+    "Laplace",
     "MeanFieldVI",
     "Method",
     "Posterior",

@@ -135,7 +135,7 @@ register_method(
 )  # fmt: skip
 register_method(
     Method(
-        "hmc", "HMC", "tab:brown", kinds=("samples",),
+        "hmc", "HMC", "tab:olive", kinds=("samples",),
         file_hint="a samples file (SampleBank.from_draws of hmc(...).samples) for each member",
     )
 )  # fmt: skip
