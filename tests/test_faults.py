@@ -113,12 +113,10 @@ def writes(fmnist, tmp_path_factory) -> int:
     return n - 1
 
 
-def test_a_kill_at_every_write_boundary_resumes_to_the_same_result(
-    fmnist, reference, writes, tmp_path
-):
+def check_kills(probes: list[str], fmnist, reference, tmp_path) -> None:
+    """Each probe kills a run once; resuming from the newest checkpoint must finish it with
+    exactly the uninterrupted run's final weights, SWAG moments and metrics rows."""
     expected = final_state(reference)
-    assert writes >= 3 * EPOCHS + 4  # swag, checkpoint and a metrics row per epoch, and more
-    probes = [f"{fault}@{n}" for n in range(1, writes + 1) for fault in ("killmid", "kill")]
     for fault in probes:
         out = tmp_path / fault.replace("@", "_") / "run"
         assert run_forked("run_swag", train_args(out, fmnist.data_path), fault) == 137, fault
@@ -130,14 +128,39 @@ def test_a_kill_at_every_write_boundary_resumes_to_the_same_result(
         assert [json.loads(r)["ep"] for r in rows] == list(range(1, EPOCHS + 1)), fault
 
 
-def test_a_full_disk_in_every_write_is_one_sentence_and_loses_nothing(fmnist, writes, tmp_path):
-    for n in range(1, writes + 1):
+def test_kills_at_representative_write_boundaries(fmnist, reference, tmp_path):
+    # killmid@1: inside the first SWAG file; kill@2: between checkpoint-0 and command.sh;
+    # killmid@5: inside the first metrics row; kill@6: between an epoch's SWAG file and its
+    # checkpoint (the two halves of one epoch's state).
+    check_kills(["killmid@1", "kill@2", "killmid@5", "kill@6"], fmnist, reference, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_kill_at_every_write_boundary_resumes_to_the_same_result(
+    fmnist, reference, writes, tmp_path
+):
+    assert writes >= 3 * EPOCHS + 4  # swag, checkpoint and a metrics row per epoch, and more
+    probes = [f"{fault}@{n}" for n in range(1, writes + 1) for fault in ("killmid", "kill")]
+    check_kills(probes, fmnist, reference, tmp_path)
+
+
+def check_full_disks(counts: range | list[int], fmnist, tmp_path) -> None:
+    for n in counts:
         out = tmp_path / f"enospc{n}" / "run"
         assert run_forked("run_swag", train_args(out, fmnist.data_path), f"enospc@{n}") == 2
         assert not list(out.glob(f".*{PARTIAL_SUFFIX}")), n
         for path in out.glob("*.pt"):  # everything finished before is intact
             load_checkpoint(path)
         resume_after_fault(out, fmnist.data_path)
+
+
+def test_a_full_disk_at_representative_writes(fmnist, tmp_path):
+    check_full_disks([1, 5, 7], fmnist, tmp_path)  # a SWAG file, a metrics row, a checkpoint
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_every_write_is_one_sentence_and_loses_nothing(fmnist, writes, tmp_path):
+    check_full_disks(range(1, writes + 1), fmnist, tmp_path)
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ Redraw a finished sweep without retraining:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io as text_io
 import json
@@ -80,7 +79,7 @@ def plot_sweep(rows: list[dict], path: Path, title: str = "") -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="redraw the double-descent figure")
+    parser = cli.ArgumentParser(description="redraw the double-descent figure")
     parser.add_argument("--out", required=True, help="the --out folder of run.py")
     parser.add_argument("--title", default="")
     args = parser.parse_args(argv)

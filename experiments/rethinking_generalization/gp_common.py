@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from swag import gp
-from swag.cli import resolve_device
+from swag.cli import non_negative_int, positive_float, positive_int, resolve_device
 from swag.errors import UserError
 from swag.io import atomic_torch_save, atomic_write_text
 
@@ -24,12 +24,21 @@ def add_gp_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data_dir", type=Path, required=True, help="gp_prepare_data.py --dir")
     parser.add_argument("--dir", type=Path, required=True, help="output folder")
     parser.add_argument(
-        "--n_train", type=int, default=None, help="training subset (default: all; 15000 one-vs-all)"
+        "--n_train",
+        type=positive_int,
+        default=None,
+        help="training subset (default: all; 15000 one-vs-all)",
     )
-    parser.add_argument("--n_test", type=int, default=None, help="test subset (default all)")
-    parser.add_argument("--scale", type=float, default=5000.0, help="inputs = pixels / scale")
-    parser.add_argument("--iterations", type=int, default=100, help="full-batch Adam steps")
-    parser.add_argument("--lr", type=float, default=0.1, help="Adam learning rate")
+    parser.add_argument(
+        "--n_test", type=positive_int, default=None, help="test subset (default all)"
+    )
+    parser.add_argument(
+        "--scale", type=positive_float, default=5000.0, help="inputs = pixels / scale"
+    )
+    parser.add_argument(
+        "--iterations", type=positive_int, default=100, help="full-batch Adam steps"
+    )
+    parser.add_argument("--lr", type=positive_float, default=0.1, help="Adam learning rate")
     parser.add_argument("--dtype", default="float64", choices=sorted(DTYPES))
     parser.add_argument(
         "--products",
@@ -37,10 +46,14 @@ def add_gp_arguments(parser: argparse.ArgumentParser) -> None:
         choices=sorted(DTYPES),
         help="dtype of the two n³ products (default --dtype; float32 halves their cost)",
     )
-    parser.add_argument("--memory_gib", type=float, default=6.0, help="limit for n×n matrices")
-    parser.add_argument("--seed", type=int, default=1, metavar="S")
+    parser.add_argument(
+        "--memory_gib", type=positive_float, default=6.0, help="limit for n×n matrices"
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=1, metavar="S")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default all)")
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="torch threads (default all)"
+    )
     parser.add_argument("--no_progress", action="store_true", help="no tqdm bar")
 
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 import numpy as np  # noqa: E402
 
 from swag import data, label_noise  # noqa: E402
-from swag.cli import record_invocation, run_main  # noqa: E402
+from swag.cli import ArgumentParser, non_negative_int, record_invocation, run_main  # noqa: E402
 from swag.io import atomic_save_npy, atomic_write_text  # noqa: E402
 from swag.seeding import derived_seed  # noqa: E402
 
@@ -54,12 +54,14 @@ CLASS_NAMES = {
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="CIFAR10", choices=sorted(CLASS_NAMES))
     parser.add_argument("--data_path", required=True, metavar="PATH", help="datasets root")
     parser.add_argument("--download", action="store_true", help="let torchvision download it")
     parser.add_argument("--dir", type=Path, required=True, help="output folder")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the label permutation")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=1, help="seed of the label permutation"
+    )
     return parser.parse_args(argv)
 
 

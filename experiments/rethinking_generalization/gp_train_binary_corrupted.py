@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 from experiments.rethinking_generalization import gp_common  # noqa: E402
 from swag import label_noise  # noqa: E402
-from swag.cli import record_invocation, run_main  # noqa: E402
+from swag.cli import ArgumentParser, record_invocation, run_main  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 from swag.seeding import derived_generator, derived_seed  # noqa: E402
 
@@ -36,7 +36,7 @@ DEFAULT_CLASSES = {"CIFAR10": (0, 1), "FashionMNIST": (2, 4), "MNIST": (3, 5)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     gp_common.add_gp_arguments(parser)
     parser.add_argument(
         "--corrupted_labels",

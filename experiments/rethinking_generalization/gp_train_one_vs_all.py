@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 import numpy as np  # noqa: E402
 
 from experiments.rethinking_generalization import gp_common  # noqa: E402
-from swag.cli import record_invocation, run_main  # noqa: E402
+from swag.cli import ArgumentParser, record_invocation, run_main  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 from swag.io import atomic_savez, atomic_write_text  # noqa: E402
 from swag.seeding import derived_generator  # noqa: E402
@@ -36,7 +36,7 @@ ORIGINAL_N_TRAIN = 15000  # 5,000 images of class c + 10,000 others in the origi
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     gp_common.add_gp_arguments(parser)
     parser.add_argument("--cls", default="all", help="class index, or all (train ten, aggregate)")
     parser.add_argument("--true_labels", action="store_true", help="train on the true labels")

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 
 from tabulate import tabulate  # noqa: E402
 
-from swag.cli import run_main  # noqa: E402
+from swag.cli import ArgumentParser, run_main  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 from swag.io import atomic_savefig  # noqa: E402
 
@@ -28,7 +28,7 @@ LAPLACE_KEYS = ("fraction", "log_marglik_per_example", "train_acc", "test_acc")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--binary_dir", type=Path, default=None, help="binary GP results")
     parser.add_argument("--one_vs_all_dir", type=Path, default=None, help="one-vs-all results")
     parser.add_argument("--laplace_json", type=Path, default=None, help="network evidence")

@@ -26,14 +26,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout, uninstalled
 
-from swag import cli, data, io, models, training  # noqa: E402
+from swag import cli, data, io, models, posteriors, training  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 from swag.posteriors import curvature  # noqa: E402
 from swag.posteriors.laplace import HESSIANS, PRIOR_MODES, Laplace  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="checkpoint-<e>.pt of run_swag.py")
     parser.add_argument("--model", required=True, help="registry name it was trained with")
     cli.add_data_arguments(parser)
@@ -41,7 +41,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hessian", default="kron", help="diag or kron (default: kron)")
     parser.add_argument("--subset", default="all", help="all or last_layer (default: all)")
     parser.add_argument(
-        "--prior_precision", type=float, default=1.0, help="δ of N(0, 1/δ I), or its start"
+        "--prior_precision",
+        type=float,
+        default=1.0,
+        help="δ of N(0, 1/δ I), or its start",
     )
     parser.add_argument(
         "--optimize_prior", default="layerwise", help="none, scalar or layerwise (default)"
@@ -74,7 +77,11 @@ def load_weights(path: str, device) -> tuple[Mapping, int]:
     """The model weights and epoch of a run_swag.py checkpoint."""
     state = training.load_checkpoint(path, map_location=device)
     weights = state.get("state_dict")
-    if "kind" in state or not isinstance(weights, Mapping) or "epoch" not in state:
+    try:
+        kind = posteriors.detect_kind(state, path)
+    except UserError:
+        kind = None
+    if kind != "checkpoint" or not isinstance(weights, Mapping) or "epoch" not in state:
         raise UserError(
             f"{path} is not a model checkpoint; pass a checkpoint-<e>.pt written by run_swag.py"
         )

@@ -37,24 +37,37 @@ from swag.seeding import derived_generator  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="SGLD posterior sampling")
+    parser = cli.ArgumentParser(description="SGLD posterior sampling")
     parser.add_argument("--dir", required=True, help="output directory")
     cli.add_data_arguments(parser)
     parser.add_argument(
         "--model", required=True, help="registry name, e.g. PreResNet20NoAug, LeNet5"
     )
-    parser.add_argument("--epochs", type=int, default=200, help="passes over the training set")
     parser.add_argument(
-        "--lr_init", type=float, default=1e-3, help="SGLD step on the mean loss (effective lr/N)"
+        "--epochs", type=cli.positive_int, default=200, help="passes over the training set"
     )
-    parser.add_argument("--wd", type=float, default=0.0, help="extra drift wd·θ (default: none)")
-    parser.add_argument("--prior_var", type=float, default=None, help="Gaussian prior variance")
     parser.add_argument(
-        "--noise_factor", type=float, default=None,
+        "--lr_init",
+        type=cli.positive_float,
+        default=1e-3,
+        help="SGLD step on the mean loss (effective lr/N)",
+    )
+    parser.add_argument(
+        "--wd", type=cli.non_negative_float, default=0.0, help="extra drift wd·θ (default: none)"
+    )
+    parser.add_argument(
+        "--prior_var", type=cli.positive_float, default=None, help="Gaussian prior variance"
+    )
+    parser.add_argument(
+        "--noise_factor", type=cli.positive_float, default=None,
         help="noise scale; default 1/√N (the T = 1 posterior), √(T/N) tempers at T",
     )  # fmt: skip
-    parser.add_argument("--burn_in", type=int, default=0, help="epochs discarded before keeping")
-    parser.add_argument("--thin", type=int, default=1, help="keep every thin-th epoch after that")
+    parser.add_argument(
+        "--burn_in", type=cli.non_negative_int, default=0, help="epochs discarded before keeping"
+    )
+    parser.add_argument(
+        "--thin", type=cli.positive_int, default=1, help="keep every thin-th epoch after that"
+    )
     parser.add_argument(
         "--cosine", action="store_true", help="cosine-anneal the step to 0 over --epochs"
     )
