@@ -11,11 +11,17 @@ Datasets come from torchvision with the original path convention `<data_path>/<d
   transforms, as upstream.
 
 Both are deterministic given (seed, epoch): `set_epoch(e)` re-seeds shuffling and augmentation,
-which is what makes `--resume` bit-identical.
+which is what makes `--resume` bit-identical. Under torchrun, `shard(rank, world)` gives a
+process its part of every global batch (examples rank, rank+w, ... of it; swag/distributed.py):
+the fast loader draws the epoch's permutation and augmentation for every example on every rank
+and keeps its slice, so the union of the shards is the one-process batch, crops included (each
+device holds the whole split). The torchvision loader shards the same permutation; its PIL
+augmentation draws come from per-worker generators, so they differ from one process.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Iterator
@@ -25,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from swag import idx_format
+from swag import distributed, idx_format
 from swag.errors import UserError
 from swag.seeding import derived_generator, derived_seed
 from swag.transforms import InputPreset, input_preset
@@ -211,6 +217,7 @@ class TensorLoader:
         self.seed = seed
         self.epoch = 0
         self.memory_format = memory_format
+        self.rank, self.world = 0, 1
 
     @property
     def num_examples(self) -> int:
@@ -221,6 +228,10 @@ class TensorLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def shard(self, rank: int, world: int) -> TensorLoader:
+        """This loader seen by process `rank` of `world` (itself when world is 1)."""
+        return _shard(self, rank, world)
 
     def subset(self, num_examples: int, generator: torch.Generator | None = None) -> TensorLoader:
         """The same loader over a fixed random subset of `num_examples` examples."""
@@ -256,10 +267,12 @@ class TensorLoader:
         if augment and self.preset.hflip:
             flips = (torch.rand(count, generator=generator) < 0.5).to(self.device)
         order = order.to(self.device)
+        part = slice(self.rank, None, self.world)  # this process's shard of a global batch
         for start in range(0, count, self.batch_size):
-            index = order[start : start + self.batch_size]
-            batch_offsets = None if offsets is None else offsets[start : start + self.batch_size]
-            batch_flips = None if flips is None else flips[start : start + self.batch_size]
+            batch = slice(start, start + self.batch_size)
+            index = order[batch][part]
+            batch_offsets = None if offsets is None else offsets[batch][part]
+            batch_flips = None if flips is None else flips[batch][part]
             inputs = augment_batch(self.images[index], self.preset, batch_offsets, batch_flips)
             yield inputs.contiguous(memory_format=self.memory_format), self.targets[index]
 
@@ -275,6 +288,8 @@ class TorchvisionLoader:
         self.dataset = _PilDataset(images, targets, torchvision_transform(preset, train))
         self.seed = seed
         self.epoch = 0
+        self.batch_size, self.shuffle, self.num_workers = batch_size, shuffle, num_workers
+        self.rank, self.world = 0, 1
         self._generator = torch.Generator()
         self._loader = DataLoader(
             self.dataset,
@@ -295,11 +310,49 @@ class TorchvisionLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def shard(self, rank: int, world: int) -> TorchvisionLoader:
+        """This loader seen by process `rank` of `world` (itself when world is 1)."""
+        from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+        part = _shard(self, rank, world)
+        if part is not self:  # the calls of the one-process DataLoader, then this rank's slice
+            part._generator = torch.Generator()
+            sampler = (RandomSampler(self.dataset, generator=part._generator) if self.shuffle
+                       else SequentialSampler(self.dataset))  # fmt: skip
+            batches = BatchSampler(sampler, self.batch_size, drop_last=False)
+            part._loader = DataLoader(self.dataset, num_workers=self.num_workers,
+                                      batch_sampler=_ShardedBatches(batches, rank, world),
+                                      generator=part._generator)  # fmt: skip
+        return part
+
     def __iter__(self):
         self._generator.manual_seed(derived_seed(self.seed, self.epoch))
         torch.manual_seed(derived_seed(self.seed, self.epoch))  # transforms in the main process
         self.epoch += 1
         return iter(self._loader)
+
+
+class _ShardedBatches:
+    """Examples rank, rank + world, ... of every batch of `batches` (a batch sampler)."""
+
+    def __init__(self, batches, rank: int, world: int):
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield batch[self.rank :: self.world]
+
+
+def _shard(loader, rank: int, world: int):
+    if world == 1:
+        return loader
+    distributed.check_last_batch(loader.num_examples, loader.batch_size, world)
+    part = copy.copy(loader)  # shares the dataset; only the slice differs
+    part.rank, part.world = rank, world
+    return part
 
 
 class _PilDataset(torch.utils.data.Dataset):
