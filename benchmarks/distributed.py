@@ -140,7 +140,7 @@ def measure(kind: str, model: str, procs: int, threads: int, args) -> dict:
 
 
 def _number(value: float) -> str:
-    return f"{value:,.0f}" if value >= 100 else f"{value:.3f}"
+    return f"{value:,.0f}" if value >= 10 else f"{value:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,7 +99,9 @@ def assert_same_state(got: Path, expected: Path) -> None:
 def runs(tmp_path_factory):
     """The same LeNet5 SWAG run in one process and over 2 processes under torchrun."""
     root = tmp_path_factory.mktemp("dist")
-    tiny = write_mnist_format(root / "data", n_train=200, n_test=40)  # last batch: 8 of 32
+    tiny = write_mnist_format(
+        root / "data", n_train=201, n_test=40
+    )  # last batch 9: shards of 5 and 4
     assert run_swag.main(train_args(root / "one", tiny.data_path)) == 0
     torchrun(TRAIN, train_args(root / "two", tiny.data_path))
     return root, tiny.data_path
