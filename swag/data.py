@@ -8,7 +8,7 @@ Datasets come from torchvision with the original path convention `<data_path>/<d
   the same output distribution as the model preset's torchvision transforms and no worker
   processes (in the spirit of airbench).
 - `--loader torchvision`: a `DataLoader` over the torchvision dataset with the preset's PIL
-  transforms, as upstream.
+  transforms, as upstream (`swag.torchvision_loader`).
 
 Both are deterministic given (seed, epoch): `set_epoch(e)` re-seeds shuffling and augmentation,
 which is what makes `--resume` bit-identical. Under torchrun, `shard(rank, world)` gives a
@@ -21,7 +21,6 @@ augmentation draws come from per-worker generators, so they differ from one proc
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 from collections.abc import Iterator
@@ -33,7 +32,8 @@ import torch.nn.functional as F
 
 from swag import distributed, idx_format
 from swag.errors import UserError
-from swag.seeding import derived_generator, derived_seed
+from swag.seeding import derived_generator
+from swag.torchvision_loader import TorchvisionLoader
 from swag.transforms import InputPreset, input_preset
 
 DATASETS = ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST", "SVHN")
@@ -231,7 +231,7 @@ class TensorLoader:
 
     def shard(self, rank: int, world: int) -> TensorLoader:
         """This loader seen by process `rank` of `world` (itself when world is 1)."""
-        return _shard(self, rank, world)
+        return distributed.shard_view(self, rank, world)
 
     def subset(self, num_examples: int, generator: torch.Generator | None = None) -> TensorLoader:
         """The same loader over a fixed random subset of `num_examples` examples."""
@@ -275,99 +275,6 @@ class TensorLoader:
             batch_flips = None if flips is None else flips[batch][part]
             inputs = augment_batch(self.images[index], self.preset, batch_offsets, batch_flips)
             yield inputs.contiguous(memory_format=self.memory_format), self.targets[index]
-
-
-class TorchvisionLoader:
-    """A torchvision `DataLoader` with PIL transforms, deterministic per (seed, epoch)."""
-
-    def __init__(self, images, targets, preset, batch_size, train, shuffle, num_workers, seed=0):
-        from torch.utils.data import DataLoader
-
-        from swag.transforms import torchvision_transform
-
-        self.dataset = _PilDataset(images, targets, torchvision_transform(preset, train))
-        self.seed = seed
-        self.epoch = 0
-        self.batch_size, self.shuffle, self.num_workers = batch_size, shuffle, num_workers
-        self.rank, self.world = 0, 1
-        self._generator = torch.Generator()
-        self._loader = DataLoader(
-            self.dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=num_workers,
-            generator=self._generator,
-            persistent_workers=False,
-        )
-
-    @property
-    def num_examples(self) -> int:
-        return len(self.dataset)
-
-    def __len__(self) -> int:
-        return len(self._loader)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def shard(self, rank: int, world: int) -> TorchvisionLoader:
-        """This loader seen by process `rank` of `world` (itself when world is 1)."""
-        from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
-
-        part = _shard(self, rank, world)
-        if part is not self:  # the calls of the one-process DataLoader, then this rank's slice
-            part._generator = torch.Generator()
-            sampler = (RandomSampler(self.dataset, generator=part._generator) if self.shuffle
-                       else SequentialSampler(self.dataset))  # fmt: skip
-            batches = BatchSampler(sampler, self.batch_size, drop_last=False)
-            part._loader = DataLoader(self.dataset, num_workers=self.num_workers,
-                                      batch_sampler=_ShardedBatches(batches, rank, world),
-                                      generator=part._generator)  # fmt: skip
-        return part
-
-    def __iter__(self):
-        self._generator.manual_seed(derived_seed(self.seed, self.epoch))
-        torch.manual_seed(derived_seed(self.seed, self.epoch))  # transforms in the main process
-        self.epoch += 1
-        return iter(self._loader)
-
-
-class _ShardedBatches:
-    """Examples rank, rank + world, ... of every batch of `batches` (a batch sampler)."""
-
-    def __init__(self, batches, rank: int, world: int):
-        self.batches, self.rank, self.world = batches, rank, world
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        for batch in self.batches:
-            yield batch[self.rank :: self.world]
-
-
-def _shard(loader, rank: int, world: int):
-    if world == 1:
-        return loader
-    distributed.check_last_batch(loader.num_examples, loader.batch_size, world)
-    part = copy.copy(loader)  # shares the dataset; only the slice differs
-    part.rank, part.world = rank, world
-    return part
-
-
-class _PilDataset(torch.utils.data.Dataset):
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, transform):
-        self.images, self.targets, self.transform = images, targets, transform
-
-    def __len__(self) -> int:
-        return self.targets.shape[0]
-
-    def __getitem__(self, index):
-        from PIL import Image
-
-        array = self.images[index].permute(1, 2, 0).numpy()
-        image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
-        return self.transform(image), int(self.targets[index])
 
 
 def array_loader(

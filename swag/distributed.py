@@ -26,6 +26,7 @@ after `timeout_s`; `process_group` turns that into one `UserError` sentence on e
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import os
 import signal
@@ -92,6 +93,17 @@ def check_last_batch(num_examples: int, batch_size: int, world: int) -> None:
             f"over {world} processes; choose a --batch_size that leaves no remainder or one "
             f"of at least {world}"
         )
+
+
+def shard_view(loader, rank: int, world: int):
+    """`loader` seen by process `rank` of `world`: a shallow copy (the data is shared) whose
+    `rank` and `world` attributes make it yield its shard of every global batch."""
+    if world == 1:
+        return loader
+    check_last_batch(loader.num_examples, loader.batch_size, world)
+    part = copy.copy(loader)
+    part.rank, part.world = rank, world
+    return part
 
 
 def default_backend(device: torch.device) -> str:
