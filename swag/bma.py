@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from swag import metrics
+from swag import distributed, metrics
 from swag.bma_results import ProbabilityCache, prefix_metrics
 from swag.errors import UserError
 from swag.posteriors import Posterior, detect_kind, get_method, load
 from swag.posteriors.methods import SamplingOptions, check_kind
-from swag.seeding import derived_generator
+from swag.seeding import derived_generator, derived_seed
 from swag.training import load_checkpoint, predict, update_bn
 
 # Batch size for scoring (eval mode: it changes no result). On the 2-core CPUs 256 was fastest;
@@ -144,6 +144,11 @@ def bayesian_model_average(
     fixed random subset of `bn_subset` of its examples), then one prediction pass per test set.
     So k shifted test sets cost k prediction passes but a single BN update per sample.
 
+    Draw s of member m is seeded by (seed, m, s) alone, so results do not depend on how the
+    draws are split: under torchrun, draw m·S + s runs on rank (m·S + s) mod w and the
+    per-member sums are added over the ranks in float64 (swag.distributed); every rank returns
+    the full result.
+
     Args:
         members: M posteriors (e.g. a `CheckpointMembers`), visited once, in order.
         test_sets: name -> loader of `(x, y)` batches (test mode, fixed order); "clean" first
@@ -153,7 +158,7 @@ def bayesian_model_average(
         bn_loader: training loader for the BN update (augmented and shuffled, as upstream).
             Required when a member needs a BN update and its model has BatchNorm layers.
         bn_subset: number of training examples for the BN update (default: all of them).
-        seed: seeds SWAG draws (per member) and the BN subset.
+        seed: seeds SWAG draws (per member and sample) and the BN subset.
         cache_dir: if set, also write float16 per-sample probabilities
             `<cache_dir>/<name>.npy` [M, S, N, C] and `<cache_dir>/targets.npz`.
         log: called with one progress line per sample.
@@ -168,18 +173,26 @@ def bayesian_model_average(
     if not test_sets:
         raise UserError("no test set to score; pass at least one loader in test_sets")
     num_members = len(members) if hasattr(members, "__len__") else None
+    world = distributed.world_size()
+    if world > 1 and (cache_dir or num_members is None or num_members * num_samples < world):
+        raise UserError(
+            f"splitting draws over {world} processes needs a sized member list, at least "
+            f"{world} draws and no probability cache; run in one process instead"
+        )
     device = torch.device(device)
-    sums: dict[str, list[np.ndarray]] = {name: [] for name in test_sets}
+    sums: dict[str, list[torch.Tensor | None]] = {name: [] for name in test_sets}
     targets: dict[str, np.ndarray] = {}
     cache = ProbabilityCache(cache_dir, num_members, num_samples) if cache_dir else None
     seconds = {"sample": 0.0, "bn_update": 0.0, "predict": 0.0}
     first = next(iter(test_sets))
     for m, posterior in enumerate(members):
-        # Member m's draws depend only on (seed, m), so curves for m ≤ M' agree across runs
-        # with different numbers of members.
-        generator = derived_generator(seed, m, posterior.device)
-        member_sum = {}
+        # Draw (m, s) depends only on (seed, m, s), so curves for m ≤ M' agree across runs
+        # with different numbers of members, and across numbers of processes.
+        member_sum, drawn = {}, 0
         for s in range(num_samples):
+            if not distributed.my_draw(m * num_samples + s):
+                continue
+            generator = derived_generator(derived_seed(seed, m), s, posterior.device)
             start = time.perf_counter()
             posterior.sample(generator)
             seconds["sample"] += time.perf_counter() - start
@@ -200,17 +213,31 @@ def bayesian_model_average(
                     log(
                         f"member {m + 1} sample {s + 1}/{num_samples}: {name} NLL of this sample "
                         f"{metrics.nll(probs, labels):.4f}, of member {m + 1} so far "
-                        f"{metrics.nll(member_sum[name] / (s + 1), labels):.4f}"
+                        f"{metrics.nll(member_sum[name] / (drawn + 1), labels):.4f}"
                     )
             seconds["predict"] += time.perf_counter() - start
+            drawn += 1
         for name in test_sets:
-            sums[name].append((member_sum[name] / num_samples).float().numpy())
+            sums[name].append(member_sum.get(name))
     if not any(sums.values()):
         raise UserError("no members to evaluate; pass at least one checkpoint")
-    member_probs = {name: np.stack(per_member) for name, per_member in sums.items()}
+    member_probs = {
+        name: _gather_members(per_member, num_samples) for name, per_member in sums.items()
+    }
+    totals = distributed.all_reduce_sum(torch.tensor(list(seconds.values()), dtype=torch.float64))
+    seconds = dict(zip(seconds, totals.tolist(), strict=True))  # summed over the processes
     if cache is not None:
         cache.finish(targets)
     return BMAResult(member_probs, targets, seconds)
+
+
+def _gather_members(per_member: list[torch.Tensor | None], num_samples: int) -> np.ndarray:
+    """float32 [M, N, C]: each member's probabilities summed over its S draws (float64, over
+    every rank under torchrun; a rank holds zeros for draws it did not make), divided by S."""
+    shape = next(total.shape for total in per_member if total is not None)
+    zeros = torch.zeros(shape, dtype=torch.float64)
+    stacked = torch.stack([zeros if total is None else total for total in per_member])
+    return (distributed.all_reduce_sum(stacked) / num_samples).float().numpy()
 
 
 def _has_batchnorm(model: nn.Module) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from swag import distributed
 from swag.errors import UserError
 from swag.io import atomic_write_text
 
@@ -99,16 +100,42 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("torchrun (several processes; see swag/distributed.py)")
+    group.add_argument(
+        "--dist_backend", choices=distributed.BACKENDS, default=None,
+        help="process-group backend under torchrun (default: nccl on GPUs, gloo on CPUs)",
+    )  # fmt: skip
+    group.add_argument(
+        "--dist_timeout", type=positive_float, default=1800.0, metavar="SECONDS",
+        help="how long a process waits for the others before it stops (default: 1800)",
+    )  # fmt: skip
+
+
 def resolve_device(name: str | None) -> torch.device:
+    """The device of this process: under torchrun, GPU LOCAL_RANK for `cuda` (or the default)."""
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError as error:
         raise UserError(f"unknown --device {name!r}; pass cpu, cuda or cuda:<index>") from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was requested but no CUDA GPU is visible; pass --device cpu")
-    return device
+    if device.type != "cuda" or distributed.env_world_size() == 1:
+        return device
+    if device.index is not None:
+        raise UserError(
+            f"--device {name} names one GPU but torchrun gives each process its own; pass "
+            "--device cuda (process LOCAL_RANK takes GPU LOCAL_RANK)"
+        )
+    index = distributed.local_rank()
+    if index >= torch.cuda.device_count():
+        raise UserError(
+            f"process LOCAL_RANK={index} has no GPU of its own ({torch.cuda.device_count()} "
+            "visible); start at most one process per GPU (--nproc_per_node)"
+        )
+    return torch.device("cuda", index)
 
 
 def record_invocation(

@@ -8,10 +8,15 @@ Datasets come from torchvision with the original path convention `<data_path>/<d
   the same output distribution as the model preset's torchvision transforms and no worker
   processes (in the spirit of airbench).
 - `--loader torchvision`: a `DataLoader` over the torchvision dataset with the preset's PIL
-  transforms, as upstream.
+  transforms, as upstream (`swag.torchvision_loader`).
 
 Both are deterministic given (seed, epoch): `set_epoch(e)` re-seeds shuffling and augmentation,
-which is what makes `--resume` bit-identical.
+which is what makes `--resume` bit-identical. Under torchrun, `shard(rank, world)` gives a
+process its part of every global batch (examples rank, rank+w, ... of it; swag/distributed.py):
+the fast loader draws the epoch's permutation and augmentation for every example on every rank
+and keeps its slice, so the union of the shards is the one-process batch, crops included (each
+device holds the whole split). The torchvision loader shards the same permutation; its PIL
+augmentation draws come from per-worker generators, so they differ from one process.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from swag import idx_format
+from swag import distributed, idx_format
 from swag.errors import UserError
 from swag.io import load_npy
-from swag.seeding import derived_generator, derived_seed
+from swag.seeding import derived_generator
+from swag.torchvision_loader import TorchvisionLoader
 from swag.transforms import InputPreset, input_preset
 
 DATASETS = ("CIFAR10", "CIFAR100", "MNIST", "FashionMNIST", "SVHN")
@@ -207,6 +213,7 @@ class TensorLoader:
         self.seed = seed
         self.epoch = 0
         self.memory_format = memory_format
+        self.rank, self.world = 0, 1
 
     @property
     def num_examples(self) -> int:
@@ -217,6 +224,10 @@ class TensorLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def shard(self, rank: int, world: int) -> TensorLoader:
+        """This loader seen by process `rank` of `world` (itself when world is 1)."""
+        return distributed.shard_view(self, rank, world)
 
     def subset(self, num_examples: int, generator: torch.Generator | None = None) -> TensorLoader:
         """The same loader over a fixed random subset of `num_examples` examples."""
@@ -252,65 +263,14 @@ class TensorLoader:
         if augment and self.preset.hflip:
             flips = (torch.rand(count, generator=generator) < 0.5).to(self.device)
         order = order.to(self.device)
+        part = slice(self.rank, None, self.world)  # this process's shard of a global batch
         for start in range(0, count, self.batch_size):
-            index = order[start : start + self.batch_size]
-            batch_offsets = None if offsets is None else offsets[start : start + self.batch_size]
-            batch_flips = None if flips is None else flips[start : start + self.batch_size]
+            batch = slice(start, start + self.batch_size)
+            index = order[batch][part]
+            batch_offsets = None if offsets is None else offsets[batch][part]
+            batch_flips = None if flips is None else flips[batch][part]
             inputs = augment_batch(self.images[index], self.preset, batch_offsets, batch_flips)
             yield inputs.contiguous(memory_format=self.memory_format), self.targets[index]
-
-
-class TorchvisionLoader:
-    """A torchvision `DataLoader` with PIL transforms, deterministic per (seed, epoch)."""
-
-    def __init__(self, images, targets, preset, batch_size, train, shuffle, num_workers, seed=0):
-        from torch.utils.data import DataLoader
-
-        from swag.transforms import torchvision_transform
-
-        self.dataset = _PilDataset(images, targets, torchvision_transform(preset, train))
-        self.seed = seed
-        self.epoch = 0
-        self._generator = torch.Generator()
-        self._loader = DataLoader(
-            self.dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=num_workers,
-            generator=self._generator,
-            persistent_workers=False,
-        )
-
-    @property
-    def num_examples(self) -> int:
-        return len(self.dataset)
-
-    def __len__(self) -> int:
-        return len(self._loader)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        self._generator.manual_seed(derived_seed(self.seed, self.epoch))
-        torch.manual_seed(derived_seed(self.seed, self.epoch))  # transforms in the main process
-        self.epoch += 1
-        return iter(self._loader)
-
-
-class _PilDataset(torch.utils.data.Dataset):
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, transform):
-        self.images, self.targets, self.transform = images, targets, transform
-
-    def __len__(self) -> int:
-        return self.targets.shape[0]
-
-    def __getitem__(self, index):
-        from PIL import Image
-
-        array = self.images[index].permute(1, 2, 0).numpy()
-        image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
-        return self.transform(image), int(self.targets[index])
 
 
 def array_loader(

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from swag import distributed
 from swag.errors import UserError
 from swag.io import atomic_torch_save
 
@@ -120,6 +121,11 @@ def train_epoch(
 
     `loss="adv_CE"` trains on `adversarial_cross_entropy` instead (the original's option).
 
+    Under torchrun, `model` is the DistributedDataParallel wrapper and `loader` this rank's
+    shard (`loader.world` > 1): the shard's loss is scaled by n_k·w/B_t so that the averaged
+    gradient is that of the global batch (swag.distributed), and the returned figures are
+    sums over every rank.
+
     Returns:
         {"loss": mean training loss including the prior penalty, "accuracy": fraction}.
 
@@ -133,7 +139,8 @@ def train_epoch(
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    for inputs, targets in loader:
+    world = getattr(loader, "world", 1)
+    for step, (inputs, targets) in enumerate(loader):
         inputs = inputs.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         objective = adversarial_cross_entropy if loss == "adv_CE" else cross_entropy
@@ -141,17 +148,25 @@ def train_epoch(
         if prior_var is not None:
             batch_loss = batch_loss + gaussian_prior_penalty(model, prior_var, num_train)
         optimizer.zero_grad(set_to_none=True)
-        batch_loss.backward()
+        if world > 1:
+            batch_size, count = loader.batch_size, loader.num_examples
+            scale = distributed.loss_scale(targets.shape[0], step, batch_size, count)
+            (batch_loss * scale).backward()
+        else:
+            batch_loss.backward()
         optimizer.step()
         loss_sum += batch_loss.detach() * targets.shape[0]
         correct += (logits.detach().argmax(1) == targets).sum()
         seen += targets.shape[0]
         if progress is not None:
             progress.update(1)
-    mean_loss = float(loss_sum) / max(seen, 1)
+    seen = torch.tensor(float(seen), device=device, dtype=torch.float64)
+    totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.double(), seen]))
+    loss_sum, correct, seen = totals.tolist()
+    mean_loss = loss_sum / max(seen, 1)
     if not torch.isfinite(torch.tensor(mean_loss)):
         raise DivergenceError("the training loss became NaN or infinite")
-    return {"loss": mean_loss, "accuracy": int(correct) / max(seen, 1)}
+    return {"loss": mean_loss, "accuracy": correct / max(seen, 1)}
 
 
 @torch.no_grad()

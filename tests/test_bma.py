@@ -64,8 +64,8 @@ def test_bma_equals_a_manual_average_and_updates_bn_once_per_sample():
     manual = {name: [] for name in test_sets}
     for m, seed in enumerate((1, 2)):
         swag = _swag(seed)
-        generator = torch.Generator().manual_seed(5 * 1_000_003 + m)  # documented member seeds
-        for _ in range(3):
+        for s in range(3):  # documented draw seeds: derived_seed(derived_seed(5, m), s)
+            generator = torch.Generator().manual_seed((5 * 1_000_003 + m) * 1_000_003 + s)
             swag.sample(generator, scale=0.5)
             reference_update_bn(bn_loader, swag.base_model)
             swag.base_model.eval()

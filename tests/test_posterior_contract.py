@@ -20,13 +20,13 @@ from swag.posteriors import (
     DeepEnsemble,
     MeanFieldVI,
     Method,
-    SampleBank,
     Posterior,
+    SampleBank,
     register_method,
     register_posterior,
 )
 from swag.posteriors.flat import assign_parameters, flatten_parameters
-from swag.seeding import derived_generator
+from swag.seeding import derived_generator, derived_seed
 from swag.training import save_checkpoint
 
 
@@ -155,14 +155,13 @@ def test_a_method_defined_in_a_test_runs_through_eval_multiswag(tmp_path):
     results = json.loads((out / "toy.json").read_text())
     assert results["num_samples"] == 3 and len(results["curves"]["clean"]) == 2
 
-    # The same average by hand: member m draws with the documented generator of (seed, m).
+    # The same average by hand: draw s of member m with the documented generator of (seed, m, s).
     inputs = (torch.as_tensor(test_images, dtype=torch.float32)[:, None] / 255 - 0.1307) / 0.3081
     average = torch.zeros(len(test_labels), 10, dtype=torch.float64)
     for member, path in enumerate(paths):
         posterior = posteriors.load(path, spec.build(10))
-        generator = derived_generator(4, member)
-        for _ in range(3):
-            posterior.sample(generator)
+        for sample in range(3):
+            posterior.sample(derived_generator(derived_seed(4, member), sample))
             with torch.no_grad():
                 average += posterior.model.eval()(inputs).softmax(1).double() / 6
     saved = np.load(out / "toy_probs.npz")

@@ -7,7 +7,9 @@ a mean over examples), plus --method (any method registered in swag.posteriors.m
 once, and scored on every test set. Writes to --savedir: eval_command.sh,
 eval_command_config.json, <method>.json / .csv (metrics for m = 1..M members, per test set),
 <method>_probs.npz (clean-set predictions of all M members) and, with --cache_probs,
-probs_<method>/ (float16 per-sample probabilities).
+probs_<method>/ (float16 per-sample probabilities). Under torchrun (`torchrun
+--nproc_per_node=N experiments/train/eval_multiswag.py ...`) the M x S draws are split over
+the processes and rank 0 writes the same files (swag/distributed.py; not with --cache_probs).
 
     python experiments/train/eval_multiswag.py --dataset FashionMNIST --data_path data \
         --model LeNet5 --use_test --method multiswag --swag_samples 20 \
@@ -27,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from swag import bma, bma_results, cli, data, models, posteriors  # noqa: E402
+from swag import bma, bma_results, cli, data, distributed, models, posteriors  # noqa: E402
 from swag.bma_results import METRICS  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 from swag.io import (  # noqa: E402
@@ -114,8 +116,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also report calibration temperature scaling fitted on half of the clean set",
     )  # fmt: skip
     cli.add_runtime_arguments(parser)
+    cli.add_distributed_arguments(parser)
     args = parser.parse_args(argv)
     models.get_model(args.model)  # an unknown name raises UserError listing the choices
+    distributed.check_launch(None, args.dist_backend)
+    if args.cache_probs and distributed.env_world_size() > 1:
+        raise UserError("--cache_probs is written by one process; run without torchrun")
     for path in args.swag_ckpts:
         if not Path(path).is_file():
             raise UserError(
@@ -155,7 +161,16 @@ def summary(curves: dict, shifted: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    args.device = str(cli.resolve_device(args.device))
+    device = cli.resolve_device(args.device)
+    args.device = str(device)
+    backend = args.dist_backend or distributed.default_backend(device)
+    with distributed.process_group(backend, args.dist_timeout, device):
+        if not distributed.is_main():  # the other ranks draw their share; rank 0 writes
+            return evaluate(args, None, None, argv)
+        return evaluate_and_write(args, argv)
+
+
+def evaluate_and_write(args, argv: list[str] | None) -> int:
     out = output_directory(args.savedir, "--savedir")
     cache = (
         output_directory(out / f"probs_{args.method}", "--savedir") if args.cache_probs else None
@@ -168,8 +183,11 @@ def main(argv: list[str] | None = None) -> int:
                 remove_partial_files(cache)
 
 
-def evaluate(args, out: Path, cache: Path | None, argv: list[str] | None) -> int:
-    """Check every input, then score; records the command only once the inputs proved good."""
+def evaluate(args, out: Path | None, cache: Path | None, argv: list[str] | None) -> int:
+    """Check every input, then score; records the command only once the inputs proved good.
+
+    Every rank scores its share of the draws; rank 0 (whose `out` is set) writes the results.
+    """
     spec = models.get_model(args.model)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     loaders, num_classes = data.loaders(
@@ -186,11 +204,15 @@ def evaluate(args, out: Path, cache: Path | None, argv: list[str] | None) -> int
         lambda: spec.build(num_classes).to(args.device, memory_format=memory_format), options,
     )  # fmt: skip
     num_samples = 1 if members.check() else args.swag_samples
-    cli.record_invocation(out, args, __file__, argv, name="eval_command")
+    if out is not None:
+        cli.record_invocation(out, args, __file__, argv, name="eval_command")
     result = bma.bayesian_model_average(
         members, sets, num_samples, args.device, bn_loader=loaders["train"],
-        bn_subset=args.bn_subset, seed=args.seed, bf16=args.bf16, cache_dir=cache, log=print,
+        bn_subset=args.bn_subset, seed=args.seed, bf16=args.bf16, cache_dir=cache,
+        log=print if out is not None else None,
     )  # fmt: skip
+    if out is None:
+        return 0
     curves = result.curves()
     draws = len(members) * num_samples
     payload = {

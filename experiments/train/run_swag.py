@@ -2,8 +2,11 @@
 
 The original `experiments/train/run_swag.py` with the same flags and defaults
 (docs/original_code.md), plus --swa* aliases, --device, --loader, --download and exact
-resumption. Writes to --dir: command.sh, config.json, metrics.jsonl, checkpoint-<e>.pt,
-swag-<e>.pt, sgd_ens_preds.npz.
+resumption, and data-parallel training under torchrun (`torchrun --nproc_per_node=N
+experiments/train/run_swag.py ...`: --batch_size stays the global batch; rank 0 alone collects
+SWAG moments, evaluates and writes, in the one-process format; swag/distributed.py). Writes
+to --dir: command.sh, config.json, metrics.jsonl, checkpoint-<e>.pt, swag-<e>.pt,
+sgd_ens_preds.npz.
 
     python experiments/train/run_swag.py --data_path=<DATAPATH> --epochs=300 --dataset=CIFAR10 \
         --save_freq=300 --model=PreResNet20 --lr_init=0.1 --wd=3e-4 --swag --swag_start=161 \
@@ -24,7 +27,7 @@ import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from swag import cli, data, metrics, models, posteriors, speed, training  # noqa: E402
+from swag import cli, data, distributed, metrics, models, posteriors, speed, training  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 from swag.io import (  # noqa: E402
     append_line,
@@ -114,6 +117,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--threads", type=cli.positive_int, default=None, help="CPU threads for torch"
     )
     cli.add_runtime_arguments(parser)
+    cli.add_distributed_arguments(parser)
+    parser.add_argument(
+        "--sync_bn", action="store_true",
+        help="under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     validate(args)
     return args
@@ -130,6 +138,9 @@ def validate(args: argparse.Namespace) -> None:
             f"got {args.swag_start:g}"
         )
     models.get_model(args.model)
+    distributed.check_launch(args.batch_size, args.dist_backend)
+    if args.sync_bn and distributed.env_world_size() > 1 and not torch.cuda.is_available():
+        raise UserError("--sync_bn needs GPUs (SyncBatchNorm runs on CUDA only); drop the flag")
     if args.dataset not in data.DATASETS:
         raise UserError(
             f"unknown --dataset {args.dataset!r}; choose one of: {', '.join(data.DATASETS)}"
@@ -232,18 +243,22 @@ def setup(args: argparse.Namespace, device: torch.device) -> dict:
     )  # fmt: skip
     model = speed.prepare_model(spec.build(num_classes), device, args.channels_last)
     optimizer = speed.make_sgd(model.parameters(), args.lr_init, args.momentum, args.wd, "fused")
+    train_model = distributed.data_parallel(model, device, args.sync_bn)
+    model = getattr(train_model, "module", model)  # saved and evaluated without `module.`
+    train_loader = loaders["train"].shard(distributed.rank(), distributed.world_size())
     swag_model = None
-    if args.swag:
+    if args.swag and distributed.is_main():
         swag_base = speed.prepare_model(spec.build(num_classes), device, args.channels_last)
         swag_model = SWAG(swag_base, args.max_num_models, cov_mat=args.cov_mat)
     ensemble = metrics.RunningEnsemble(loaders["test"].num_examples, num_classes)
     config = {"model": args.model, "num_classes": num_classes, "args": vars(args)}
     return dict(loaders=loaders, model=model, optimizer=optimizer, swag_model=swag_model,
-                sgd_ensemble=ensemble, config=config)  # fmt: skip
+                sgd_ensemble=ensemble, config=config, train_model=train_model,
+                train_loader=train_loader)  # fmt: skip
 
 
 def run_epoch(args, run: dict, epoch: int, device: torch.device) -> dict:
-    """Train one epoch, collect SWAG, evaluate; returns the row of the epoch table."""
+    """Train one epoch (every rank), collect SWAG, evaluate (rank 0); returns the epoch's row."""
     loaders, model, swag_model = run["loaders"], run["model"], run["swag_model"]
     factor = training.learning_rate_factor(
         epoch, args.epochs, args.swag, args.swag_start, args.swag_lr / args.lr_init
@@ -251,14 +266,18 @@ def run_epoch(args, run: dict, epoch: int, device: torch.device) -> dict:
     lr = args.lr_init * (1.0 if args.no_schedule else factor)
     training.set_learning_rate(run["optimizer"], lr)
     torch.manual_seed(derived_seed(args.seed, epoch))  # dropout draws, reproducible on resume
-    loaders["train"].set_epoch(epoch)
+    run["train_loader"].set_epoch(epoch)
+    quiet = None if distributed.is_main() else True  # one progress bar, rank 0's
     with tqdm(total=len(loaders["train"]), desc=f"epoch {epoch + 1}/{args.epochs}",
-              leave=False, file=sys.stderr, disable=None) as bar:  # fmt: skip
+              leave=False, file=sys.stderr, disable=quiet) as bar:  # fmt: skip
         result = training.train_epoch(
-            loaders["train"], model, run["optimizer"], device, args.prior_var,
+            run["train_loader"], run["train_model"], run["optimizer"], device, args.prior_var,
             loaders["train"].num_examples, args.bf16, bar, args.loss,
         )  # fmt: skip
     row = {"ep": epoch + 1, "lr": lr, "tr_loss": result["loss"], "tr_acc": 100 * result["accuracy"]}
+    if not distributed.is_main():
+        return row
+    loaders["train"].set_epoch(epoch + 1)  # the BN update's augmentation, as in one process
     evaluate_now = epoch == 0 or epoch % args.eval_freq == args.eval_freq - 1
     evaluate_now = evaluate_now or epoch == args.epochs - 1
     if evaluate_now:
@@ -299,24 +318,34 @@ def main(argv: list[str] | None = None) -> int:
     speed.set_threads(args.threads)
     if args.bf16 is None:
         args.bf16 = speed.bf16_supported(device)
-    out = output_directory(args.dir, "--dir")
-    with locked_directory(out):
-        train(args, out, device, argv)
+    backend = args.dist_backend or distributed.default_backend(device)
+    with distributed.process_group(backend, args.dist_timeout, device):
+        if not distributed.is_main():  # the other ranks train and wait; rank 0 writes
+            train(args, None, device, argv)
+            return 0
+        out = output_directory(args.dir, "--dir")
+        with locked_directory(out):
+            train(args, out, device, argv)
     return 0
 
 
-def train(args, out: Path, device: torch.device, argv: list[str] | None) -> None:
+def train(args, out: Path | None, device: torch.device, argv: list[str] | None) -> None:
+    """The epochs; every rank trains, rank 0 (whose `out` is set) collects, evaluates, writes."""
     torch.manual_seed(args.seed)
     run = setup(args, device)
+    main = distributed.is_main()
     start_epoch = 0
     if args.resume:
         start_epoch = resume(args, run, device)
-        truncate_metrics_log(out / "metrics.jsonl", start_epoch)
-    else:
+        if main:
+            truncate_metrics_log(out / "metrics.jsonl", start_epoch)
+    elif main:
         claim_directory(out, args)
         save(out, run, 0)
     # Only once the inputs proved good: a failed start clobbers nothing.
-    cli.record_invocation(out, args, __file__, argv)
+    if main:
+        cli.record_invocation(out, args, __file__, argv)
+    distributed.barrier()  # the other ranks start once rank 0 has claimed --dir
     last_good = start_epoch
     for epoch in range(start_epoch, args.epochs):
         started = time.time()
@@ -325,17 +354,22 @@ def train(args, out: Path, device: torch.device, argv: list[str] | None) -> None
         except training.DivergenceError:
             raise UserError(
                 f"training diverged in epoch {epoch + 1} (the loss became NaN); "
-                f"{out / f'checkpoint-{last_good}.pt'} is the last good state: resume from it "
+                f"{Path(args.dir) / f'checkpoint-{last_good}.pt'} is the last good state: "
+                "resume from it "
                 f"with a lower {'--swag_lr' if in_swag_phase(args, epoch) else '--lr_init'}"
             ) from None
         row.update(time=time.time() - started, mem_usage=speed.peak_memory_gib(device))
+        if not main:
+            distributed.barrier()  # while rank 0 evaluates and saves
+            continue
         print_row(row, header=epoch == start_epoch or epoch % 40 == 0)
         # The row before the checkpoint: a resume truncates rows after its checkpoint.
         append_line(out / "metrics.jsonl", json.dumps(row))
         if (epoch + 1) % args.save_freq == 0 or epoch == args.epochs - 1 or args.save_iterates:
             save(out, run, epoch + 1)
             last_good = epoch + 1
-    if args.swag and run["sgd_ensemble"].num_members:
+        distributed.barrier()
+    if main and args.swag and run["sgd_ensemble"].num_members:
         targets = torch.cat([y.cpu() for _, y in run["loaders"]["test"]]).numpy()
         predictions = run["sgd_ensemble"].probs.numpy()
         atomic_savez(out / "sgd_ens_preds.npz", predictions=predictions, targets=targets)
