@@ -30,6 +30,7 @@ import torch
 from conftest import write_mnist_format
 from test_eval_multiswag import _script
 
+import swag.io
 from swag.errors import UserError
 from swag.io import PARTIAL_SUFFIX, locked_directory
 from swag.training import load_checkpoint
@@ -55,6 +56,7 @@ def train_args(out: Path, data_path: Path, *extra: str) -> list[str]:
 def _child(script: str, args: list[str], fault: str | None) -> None:
     if fault:
         os.environ["SWAG_FAULT"] = fault
+    swag.io._writes = 0  # count this run's writes, not those the parent made before forking
     torch.set_num_threads(1)
     module = _cifar_c_module() if script == "make_cifar_c" else _script(script)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
