@@ -91,8 +91,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--cache_probs", action="store_true", help="cache float16 probabilities")
     parser.add_argument(
-        "--channels_last", action="store_true",
-        help="channels-last memory format (faster convolutions on many CPUs; same results)",
+        "--channels_last", action=argparse.BooleanOptionalAction, default=True,
+        help="channels-last memory format (faster convolutions on CPUs; same results; default on)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fold_bn", action=argparse.BooleanOptionalAction, default=True,
+        help="predict with BatchNorm folded into convolutions and ReLU after max-pooling "
+        "(same results up to float32 rounding; default on)",
     )  # fmt: skip
     parser.add_argument(
         "--bf16", action="store_true",
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     num_samples = 1 if members.check() else args.swag_samples
     result = bma.bayesian_model_average(
         members, sets, num_samples, args.device, bn_loader=loaders["train"],
-        bn_subset=args.bn_subset, seed=args.seed, bf16=args.bf16,
+        bn_subset=args.bn_subset, seed=args.seed, bf16=args.bf16, fold_bn=args.fold_bn,
         cache_dir=out / f"probs_{args.method}" if args.cache_probs else None, log=print,
     )  # fmt: skip
     curves = result.curves()
