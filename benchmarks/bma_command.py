@@ -21,6 +21,7 @@ load of a shared machine hits them alike; ratios are taken within a round):
 eval_multiswag.py in a subprocess on the same files.
 
     python benchmarks/bma_command.py [--rounds 2] [--data_path data] [--workloads lenet preresnet]
+        [--configs default bf16 ...]
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--data_path", default="data", help="holds fashionmnist/ (make data)")
     parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS), choices=WORKLOADS)
+    parser.add_argument("--configs", nargs="*", default=None,
+                        help="only these configurations (the baseline always runs)")  # fmt: skip
     parser.add_argument("--original", default=None, metavar="PATH",
                         help="checkout of the original repository, timed alongside")  # fmt: skip
     args = parser.parse_args(argv)
@@ -126,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     table = []
     for workload in args.workloads:
         model, dataset, (low, high), configs = WORKLOADS[workload]
+        if args.configs is not None:
+            keep = {"original-like", *args.configs}
+            configs = {name: flags for name, flags in configs.items() if name in keep}
         if args.original:
             configs = {"original": [], **configs}
         swag_file = write_swag(model, work / f"{model}-swag.pt")
