@@ -10,10 +10,12 @@ file checks, writing results) by differencing two sample counts:
 Configurations (all rows of one workload are run interleaved, round after round, so that the
 load of a shared machine hits them alike; ratios are taken within a round):
 
-    original-like   `--loader torchvision --no-channels_last --no-fold_bn --eval_batch_size 128`:
-                    this project's code with the original's data pipeline (PIL transforms,
-                    DataLoader workers), NCHW float32, batch 128, unfolded BN. A same-machine
-                    proxy for the original repository, not the original itself;
+    original-like   `--loader torchvision --num_workers 0 --no-channels_last --no-fold_bn
+                    --eval_batch_size 128`: this project's code with the original's data
+                    pipeline (PIL transforms), NCHW float32, batch 128, unfolded BN. A
+                    same-machine proxy for the original repository, not the original itself.
+                    Without `--num_workers 0` (default 4) each pass forks four workers onto the
+                    2 shared cores: LeNet5 measured 50 s per sample at load 10 that way;
     default         no speed flag: what a user gets;
     bf16, bf16+bn_subset 512   the opt-in knobs that change results.
 
@@ -45,8 +47,8 @@ from swag import models  # noqa: E402
 from swag.posteriors import SWAG  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ORIGINAL_LIKE = ["--loader", "torchvision", "--no-channels_last", "--no-fold_bn",
-                 "--eval_batch_size", "128"]  # fmt: skip
+ORIGINAL_LIKE = ["--loader", "torchvision", "--num_workers", "0", "--no-channels_last",
+                 "--no-fold_bn", "--eval_batch_size", "128"]  # fmt: skip
 WORKLOADS = {  # name: (model, dataset, (S_low, S_high), configurations)
     "lenet": ("LeNet5", "FashionMNIST", (2, 8),
               {"original-like": ORIGINAL_LIKE, "default": [], "bf16": ["--bf16"]}),
