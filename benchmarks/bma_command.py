@@ -46,7 +46,6 @@ from tabulate import tabulate  # noqa: E402
 from swag import models  # noqa: E402
 from swag.posteriors import SWAG  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL_LIKE = ["--loader", "torchvision", "--num_workers", "0", "--no-channels_last",
                  "--no-fold_bn", "--eval_batch_size", "128"]  # fmt: skip
 WORKLOADS = {  # name: (model, dataset, (S_low, S_high), configurations)
