@@ -7,7 +7,8 @@ Targets: >= 3x faster on both with the same semantics; >= 10x for PreResNet20 wi
 
 Rows:
   torchvision-pipeline  this project's BMA with the original data pipeline (DataLoader, PIL
-                        transforms, batch 128 for BN and prediction): the same-machine baseline;
+                        transforms, batch 128 for BN and prediction, BN not folded): the
+                        same-machine baseline;
   fast                  tensor-resident loaders, BN batch 128 (same semantics), scoring batch 256;
   fast+channels_last    the same with channels-last memory format;
   +bn_subset N          BN statistics from a fixed random subset of N training images;
@@ -61,13 +62,13 @@ def make_loader(images, targets, preset, batch_size, train, kind, memory_format,
 
 
 def seconds_per_sample(
-    swag, test_sets, bn_loader, bn_subset, samples, bf16=False
+    swag, test_sets, bn_loader, bn_subset, samples, bf16=False, fold_bn=True
 ) -> dict[str, float]:
     with torch.no_grad():  # warm-up: one batch of each loader (allocator, oneDNN kernels)
         for loader in [*test_sets.values(), *([bn_loader] if bn_loader is not None else [])]:
             swag.base_model(next(iter(loader))[0])
     result = bayesian_model_average(
-        [swag], test_sets, samples, "cpu", bn_loader, bn_subset, bf16=bf16
+        [swag], test_sets, samples, "cpu", bn_loader, bn_subset, bf16=bf16, fold_bn=fold_bn
     )
     return {k: v / samples for k, v in result.seconds.items()}
 
@@ -84,7 +85,9 @@ def lenet_rows(args) -> list[list]:
                                    ("fast", CHANNELS_LAST, SCORING_BATCH, True)):  # fmt: skip
         swag = random_swag(spec.build(10).to(memory_format=fmt))
         test = make_loader(images, targets, spec.preset, batch, False, kind, fmt, args.workers)
-        s = seconds_per_sample(swag, {"clean": test}, None, None, args.samples, bf16)
+        s = seconds_per_sample(
+            swag, {"clean": test}, None, None, args.samples, bf16, kind != "torchvision"
+        )
         name = {"torchvision": "torchvision-pipeline", "fast": "fast"}[kind]
         name += "+channels_last" if fmt == CHANNELS_LAST else ""
         name += "+bf16" if bf16 else ""
@@ -111,7 +114,7 @@ def preresnet_rows(args, train_images, train_targets, test_images, test_targets,
         test = make_loader(test_images, test_targets, spec.preset, batch, False, kind, fmt,
                            args.workers)  # fmt: skip
         sets = {f"copy{i}": test for i in range(k)}
-        s = seconds_per_sample(swag, sets, bn, subset, args.samples, bf16)
+        s = seconds_per_sample(swag, sets, bn, subset, args.samples, bf16, kind != "torchvision")
         name = {"torchvision": "torchvision-pipeline", "fast": "fast"}[kind]
         name += "+channels_last" if fmt == CHANNELS_LAST else ""
         name += "+bf16" if bf16 else ""

@@ -127,3 +127,90 @@ def peak_memory_gib(device: torch.device | str) -> float:
 def load_average() -> float:
     """The 1-minute load average (other processes distort CPU timings; report it alongside)."""
     return os.getloadavg()[0]
+
+
+class InferenceGraph:
+    """An eval-mode rewrite of `model` that computes the same function with less work.
+
+    Two rewrites of the traced graph (`torch.fx`), both exact up to float32 rounding:
+
+    * an eval-mode BatchNorm whose input is a convolution used nowhere else is folded into
+      that convolution: with s = γ / sqrt(σ² + ε),  W' = W·s (per output channel) and
+      b' = (b − μ)·s + β, so BN(conv(x; W, b)) = conv(x; W', b');
+    * ReLU → MaxPool becomes MaxPool → ReLU: max commutes with the nondecreasing ReLU, so the
+      result is bit-identical and the ReLU runs on a quarter of the values.
+
+    The graph shares every other submodule with `model`, so new weights written into `model`
+    (a posterior sample, a BN update) are seen at once; `refresh()` recomputes the folded
+    weights and must be called after each change. A model that cannot be traced is used as is.
+
+        graph = InferenceGraph(model)
+        graph.refresh()  # after every sample / BN update
+        probs = swag.training.predict(loader, graph.module, device)
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.folded: list[tuple[nn.Module, nn.Conv2d, nn.modules.batchnorm._BatchNorm]] = []
+        try:
+            self.module = _rewrite(torch.fx.symbolic_trace(model), self.folded)
+        except Exception:  # noqa: BLE001  (any untraceable model runs unchanged)
+            self.module, self.folded = model, []
+
+    @torch.no_grad()
+    def refresh(self) -> nn.Module:
+        """Recompute the folded convolutions from `model`'s weights; returns the eval module."""
+        for folded, conv, bn in self.folded:
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            weight = conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
+            folded.weight.copy_(weight)
+            folded.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+        return self.module.eval()
+
+
+def _rewrite(graph_module: torch.fx.GraphModule, folded: list) -> torch.fx.GraphModule:
+    modules = dict(graph_module.named_modules())
+    graph = graph_module.graph
+
+    def module_of(node):
+        return modules.get(node.target) if node.op == "call_module" else None
+
+    for node in list(graph.nodes):
+        bn, source = module_of(node), node.args[0] if node.args else None
+        conv = module_of(source) if isinstance(source, torch.fx.Node) else None
+        if (
+            isinstance(bn, nn.BatchNorm2d)
+            and bn.track_running_stats
+            and bn.affine
+            and type(conv) is nn.Conv2d
+            and len(source.users) == 1
+        ):
+            replacement = nn.Conv2d(
+                conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                conv.padding, conv.dilation, conv.groups, True, conv.padding_mode,
+            ).to(conv.weight.device, conv.weight.dtype)  # fmt: skip
+            replacement.weight.data = torch.empty_like(conv.weight)  # keeps its memory format
+            name = f"folded_{len(folded)}"
+            graph_module.add_submodule(name, replacement.requires_grad_(False))
+            source.target = name
+            node.replace_all_uses_with(source)
+            graph.erase_node(node)
+            folded.append((replacement, conv, bn))
+            continue
+        pool = module_of(node)
+        relu = module_of(source) if isinstance(source, torch.fx.Node) else None
+        if (
+            isinstance(pool, nn.MaxPool2d)
+            and pool.padding in (0, (0, 0))
+            and not pool.return_indices
+            and isinstance(relu, nn.ReLU)
+            and len(source.users) == 1
+        ):
+            node.args = (source.args[0], *node.args[1:])
+            node.replace_all_uses_with(source)
+            source.args = (node, *source.args[1:])
+            node.append(source)  # the ReLU now runs after the pool
+    graph.lint()
+    graph_module.recompile()
+    return graph_module

@@ -203,7 +203,7 @@ def _batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def update_bn(
     loader: Iterable,
     model: nn.Module,

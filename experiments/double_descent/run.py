@@ -52,41 +52,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data_path", required=True, help="datasets live in PATH/<dataset lower>")
     parser.add_argument("--download", action="store_true", help="let torchvision download")
     parser.add_argument("--model", default="PreResNet18Width", help="PreResNet18Width, CNN5, ...")
-    parser.add_argument(
-        "--widths", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64]
-    )
+    parser.add_argument("--widths", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.2],
                         help="fractions of training labels moved to another class")  # fmt: skip
-    parser.add_argument(
-        "--members", type=int, default=3, help="M: SGD/SWAG runs per cell"
-    )
+    parser.add_argument("--members", type=int, default=3, help="M: SGD/SWAG runs per cell")
     parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument(
-        "--swag_start", type=float, default=160, help="collect after this epoch"
-    )
-    parser.add_argument(
-        "--lr", type=float, default=0.05, help="initial SGD learning rate"
-    )
+    parser.add_argument("--swag_start", type=float, default=160, help="collect after this epoch")
+    parser.add_argument("--lr", type=float, default=0.05, help="initial SGD learning rate")
     parser.add_argument(
         "--swag_lr", type=float, default=0.01, help="learning rate while collecting"
     )
     parser.add_argument("--wd", type=float, default=5e-4, help="SGD weight decay")
     parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument(
-        "--swag_samples", type=int, default=20, help="S: draws per SWAG posterior"
-    )
-    parser.add_argument(
-        "--scale", type=float, default=0.5, help="covariance scale of SWAG draws"
-    )
-    parser.add_argument(
-        "--max_num_models", type=int, default=20, help="rank K of SWAG"
-    )
-    parser.add_argument(
-        "--train_subset", type=int, default=None, help="N random training images"
-    )
-    parser.add_argument(
-        "--test_subset", type=int, default=None, help="random test images"
-    )
+    parser.add_argument("--swag_samples", type=int, default=20, help="S: draws per SWAG posterior")
+    parser.add_argument("--scale", type=float, default=0.5, help="covariance scale of SWAG draws")
+    parser.add_argument("--max_num_models", type=int, default=20, help="rank K of SWAG")
+    parser.add_argument("--train_subset", type=int, default=None, help="N random training images")
+    parser.add_argument("--test_subset", type=int, default=None, help="random test images")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if found)")

@@ -35,22 +35,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dir", required=True, help="output directory (one folder per α)")
     cli.add_data_arguments(parser)
     parser.add_argument("--model", required=True, help="LeNet5, PreResNet20, VGG16, ...")
-    parser.add_argument(
-        "--alphas", type=float, nargs="+", required=True, help="prior stds α"
-    )
+    parser.add_argument("--alphas", type=float, nargs="+", required=True, help="prior stds α")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--lr_init", type=float, default=0.05)
     parser.add_argument("--swag_start", type=float, default=11)
     parser.add_argument("--swag_lr", type=float, default=0.01)
-    parser.add_argument(
-        "--swag_samples", type=int, default=20, help="SWAG draws per cell"
-    )
-    parser.add_argument(
-        "--train_subset", type=int, default=None, help="first N training images"
-    )
-    parser.add_argument(
-        "--test_subset", type=int, default=None, help="first M test images"
-    )
+    parser.add_argument("--swag_samples", type=int, default=20, help="SWAG draws per cell")
+    parser.add_argument("--train_subset", type=int, default=None, help="first N training images")
+    parser.add_argument("--test_subset", type=int, default=None, help="first M test images")
     cli.add_runtime_arguments(parser)
     args = parser.parse_args(argv)
     if min(args.alphas) <= 0:

@@ -103,8 +103,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--cache_probs", action="store_true", help="cache float16 probabilities")
     parser.add_argument(
-        "--channels_last", action="store_true",
-        help="channels-last memory format (faster convolutions on many CPUs; same results)",
+        "--channels_last", action=argparse.BooleanOptionalAction, default=True,
+        help="channels-last memory format (faster convolutions on CPUs; same results; default on)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fold_bn", action=argparse.BooleanOptionalAction, default=True,
+        help="predict with BatchNorm folded into convolutions and ReLU after max-pooling "
+        "(same results up to float32 rounding; default on)",
     )  # fmt: skip
     parser.add_argument(
         "--bf16", action="store_true",
@@ -208,8 +213,8 @@ def evaluate(args, out: Path | None, cache: Path | None, argv: list[str] | None)
         cli.record_invocation(out, args, __file__, argv, name="eval_command")
     result = bma.bayesian_model_average(
         members, sets, num_samples, args.device, bn_loader=loaders["train"],
-        bn_subset=args.bn_subset, seed=args.seed, bf16=args.bf16, cache_dir=cache,
-        log=print if out is not None else None,
+        bn_subset=args.bn_subset, seed=args.seed, bf16=args.bf16, fold_bn=args.fold_bn,
+        cache_dir=cache, log=print if out is not None else None,
     )  # fmt: skip
     if out is None:
         return 0
