@@ -36,6 +36,7 @@ PARTIAL_SUFFIX = ".partial"
 LOCK_NAME = ".lock"
 _SPACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _writes = 0  # writes of this process, for SWAG_FAULT
+_TORCH_WRITE_FAILURES = ("unexpected pos", "file write failed", "PytorchStreamWriter")
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read the process umask: files get the mode open() would give them
 
@@ -133,7 +134,10 @@ def atomic_torch_save(obj, path: str | Path) -> None:
         try:
             torch.save(obj, stream)
         except RuntimeError as error:
-            # torch's zip writer reports a failed write ("unexpected pos ...") as a RuntimeError.
+            # torch's zip writer reports a failed write as a RuntimeError from its C++ stream
+            # writer ("unexpected pos", "file write failed"); anything else is not the disk.
+            if not any(mark in str(error) for mark in _TORCH_WRITE_FAILURES):
+                raise
             free = shutil.disk_usage(Path(path).parent).free
             raise OSError(errno.ENOSPC if free < 2**26 else errno.EIO, str(error)) from None
 

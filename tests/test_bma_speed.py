@@ -126,7 +126,16 @@ def test_bma_defaults_equal_the_plain_path():
 def test_eval_multiswag_speed_flags_default_on():
     from experiments.train import eval_multiswag
 
-    parser_args = ["--savedir", "x", "--model", "LeNet5", "--swag_ckpts", __file__]
+    parser_args = [
+        "--savedir",
+        "x",
+        "--model",
+        "LeNet5",
+        "--data_path",
+        "data",
+        "--swag_ckpts",
+        __file__,
+    ]
     args = eval_multiswag.parse_args(parser_args)
     assert args.channels_last and args.fold_bn and not args.bf16 and args.bn_subset is None
     args = eval_multiswag.parse_args([*parser_args, "--no-channels_last", "--no-fold_bn"])
