@@ -74,7 +74,12 @@ def load_weights(path: str, device) -> tuple[Mapping, int]:
     """The model weights and epoch of a run_swag.py checkpoint."""
     state = training.load_checkpoint(path, map_location=device)
     weights = state.get("state_dict")
-    if "kind" in state or not isinstance(weights, Mapping) or "epoch" not in state:
+    # run_swag.py tags its checkpoints with kind "checkpoint"; older ones carry no kind
+    if (
+        state.get("kind", "checkpoint") != "checkpoint"
+        or not isinstance(weights, Mapping)
+        or "epoch" not in state
+    ):
         raise UserError(
             f"{path} is not a model checkpoint; pass a checkpoint-<e>.pt written by run_swag.py"
         )
