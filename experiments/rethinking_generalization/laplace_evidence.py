@@ -17,12 +17,16 @@ test labels), prior_precision, ...}, one per fraction and hessian), the figure
 random subset of N training and `--test_subset` test images in the idx format under
 `<out>/data`, so that every step runs on it.
 
-    python experiments/rethinking_generalization/laplace_evidence.py --model LeNet5 \\
+Fitting random labels needs training without augmentation (random crops and flips change the
+image a label belongs to), hence the `NoAug` models: `LeNet5NoAug` (the default) and
+`PreResNet20NoAug`.
+
+    python experiments/rethinking_generalization/laplace_evidence.py --model LeNet5NoAug \\
         --dataset FashionMNIST --data_path data --train_subset 2000 --test_subset 1000 \\
-        --epochs 15 --lr_init 0.05 --wd 5e-4 --out runs/rethinking/laplace_lenet
-    python experiments/rethinking_generalization/laplace_evidence.py --model PreResNet20 \\
-        --dataset CIFAR10 --data_path ~/datasets --epochs 300 --lr_init 0.1 --wd 3e-4 \\
-        --hessians kron --out runs/rethinking/laplace_preresnet20
+        --epochs 30 --batch_size 32 --lr_init 0.05 --wd 5e-4 --out runs/rethinking/laplace_lenet
+    python experiments/rethinking_generalization/laplace_evidence.py --model PreResNet20NoAug \\
+        --dataset CIFAR10 --data_path ~/datasets --epochs 300 --batch_size 128 --lr_init 0.1 \\
+        --wd 3e-4 --hessians kron --device cuda --out runs/rethinking/laplace_preresnet20
 """
 
 from __future__ import annotations
@@ -58,19 +62,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--data_path", required=True, metavar="PATH", help="datasets root")
     parser.add_argument("--download", action="store_true", help="let torchvision download it")
-    parser.add_argument("--model", default="LeNet5", help="registry name, e.g. LeNet5, PreResNet20")
+    parser.add_argument(
+        "--model", default="LeNet5NoAug", help="registry name (default: LeNet5NoAug)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--fractions", type=float, nargs="+", default=FRACTIONS, metavar="F")
     parser.add_argument("--train_subset", type=cli.positive_int, default=None, metavar="N",
                         help="train on N random training images (MNIST, FashionMNIST)")  # fmt: skip
     parser.add_argument("--test_subset", type=cli.positive_int, default=None, metavar="N",
                         help="with --train_subset: N random test images (default all)")  # fmt: skip
-    parser.add_argument("--epochs", type=cli.positive_int, default=15)
+    parser.add_argument("--epochs", type=cli.positive_int, default=30)
     parser.add_argument("--lr_init", type=cli.positive_float, default=0.05)
     parser.add_argument("--wd", type=cli.non_negative_float, default=5e-4, help="weight decay")
     parser.add_argument("--prior_var", type=cli.positive_float, default=None,
                         help="Gaussian prior variance in training (instead of --wd)")  # fmt: skip
-    parser.add_argument("--batch_size", type=cli.positive_int, default=128)
+    parser.add_argument("--batch_size", type=cli.positive_int, default=32)
     parser.add_argument("--hessians", nargs="+", default=list(HESSIANS), help="diag and/or kron")
     parser.add_argument("--optimize_prior", default="layerwise", help="scalar or layerwise")
     parser.add_argument("--laplace_subset", default="all", help="all or last_layer weights")
