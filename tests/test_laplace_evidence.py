@@ -8,10 +8,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import write_idx as fixture_write_idx
 
 from experiments.rethinking_generalization import laplace_evidence
 from swag.errors import UserError
-from swag.idx_format import read_idx
+from swag.idx_format import read_idx, write_idx
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +98,12 @@ def test_bad_input_is_one_sentence(study, tmp_path, change, words):
         ]
     with pytest.raises(UserError, match=words.replace("[", r"\[").replace("]", r"\]")):
         laplace_evidence.main([*argv, *change])
+
+
+def test_write_idx_matches_the_fixture_writer(tmp_path):
+    """The library writer against the independent one of tests/conftest.py, byte for byte."""
+    array = np.random.default_rng(0).integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
+    for shape in [(3, 28, 28), (3 * 28 * 28,)]:
+        write_idx(tmp_path / "ours", array.reshape(shape))
+        fixture_write_idx(tmp_path / "fixture", array.reshape(shape))
+        assert (tmp_path / "ours").read_bytes() == (tmp_path / "fixture").read_bytes()
