@@ -98,6 +98,7 @@ def test_bad_input_is_one_sentence(study, tmp_path, change, words):
         ]
     with pytest.raises(UserError, match=words.replace("[", r"\[").replace("]", r"\]")):
         laplace_evidence.main([*argv, *change])
+    assert not (tmp_path / "new").exists()  # refused before anything was written
 
 
 def test_write_idx_matches_the_fixture_writer(tmp_path):

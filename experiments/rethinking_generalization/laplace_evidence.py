@@ -116,19 +116,20 @@ def validate(args: argparse.Namespace) -> None:
         raise UserError("--test_subset needs --train_subset; pass both or neither")
 
 
-def check_settings(out: Path, args: argparse.Namespace) -> None:
-    """Record the shared settings in <out>/evidence_settings.json, or refuse other ones."""
+def check_settings(out: Path, args: argparse.Namespace) -> dict:
+    """The shared settings; a UserError if <out>/evidence_settings.json records other ones."""
     settings = {key: getattr(args, key) for key in SHARED}
     path = out / "evidence_settings.json"
     if path.is_file() and (old := json.loads(path.read_text())) != settings:
         changed = ", ".join(f"--{key}" for key in SHARED if old.get(key) != settings[key])
         raise UserError(f"{out} holds a study made with other {changed}; pass the same flags to "
                         "resume it or a new --out")  # fmt: skip
-    io.atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
+    return settings
 
 
-def write_subset(args: argparse.Namespace, root: Path) -> None:
-    """A seeded random subset of each split, as idx files in torchvision's layout under root."""
+def choose_subsets(args: argparse.Namespace) -> dict[bool, tuple[np.ndarray, np.ndarray]]:
+    """A seeded random subset of each split (train split?: (images [n, H, W], labels [n]))."""
+    subsets = {}
     for train, size in ((True, args.train_subset), (False, args.test_subset)):
         images, labels = data.load_split(args.dataset, args.data_path, train, args.download)
         size = size or labels.shape[0]
@@ -138,10 +139,17 @@ def write_subset(args: argparse.Namespace, root: Path) -> None:
                             f"the subset of {size}; pass a smaller subset")  # fmt: skip
         rng = np.random.default_rng(derived_seed(args.seed, SUBSET_STREAM[train]))
         chosen = np.sort(rng.choice(labels.shape[0], size, replace=False))
-        raw = data.dataset_root(args.dataset, root) / args.dataset / "raw"
+        subsets[train] = images[chosen, 0].numpy(), labels[chosen].numpy()
+    return subsets
+
+
+def write_subsets(subsets: dict, dataset: str, root: Path) -> None:
+    """The subsets as idx files in torchvision's layout under root (`--data_path root`)."""
+    raw = data.dataset_root(dataset, root) / dataset / "raw"
+    for train, (images, labels) in subsets.items():
         image_file, label_file = idx_format.FILES[train]
-        idx_format.write_idx(raw / image_file, images[chosen, 0].numpy())
-        idx_format.write_idx(raw / label_file, labels[chosen].numpy())
+        idx_format.write_idx(raw / image_file, images)
+        idx_format.write_idx(raw / label_file, labels)
 
 
 def train_cell(args, data_path: Path, label_file: Path, folder: Path) -> Path:
@@ -178,12 +186,14 @@ def laplace_cell(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     speed.set_threads(args.threads)
+    settings = check_settings(args.out, args)
+    subsets = choose_subsets(args) if args.train_subset else None  # checked before any write
     out = io.output_directory(args.out, "--out")
-    check_settings(out, args)
+    io.atomic_write_text(out / "evidence_settings.json", json.dumps(settings, indent=2) + "\n")
     data_path = Path(args.data_path)
-    if args.train_subset:
+    if subsets:
         data_path = out / "data"
-        write_subset(args, data_path)
+        write_subsets(subsets, args.dataset, data_path)
     true_labels = data.load_split(args.dataset, data_path, True, args.download)[1].numpy()
     counts = [round(f * true_labels.shape[0]) for f in args.fractions]
     labels_dir = out / "labels"
