@@ -1,4 +1,4 @@
-"""Reader for the idx files of MNIST-format datasets (MNIST, Fashion-MNIST).
+"""Reader and writer for the idx files of MNIST-format datasets (MNIST, Fashion-MNIST).
 
 Reading them here rather than through `torchvision.datasets` keeps torchvision (about 0.2 GiB
 of resident memory) out of the training processes that only need the tensors.
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from swag.errors import UserError
+from swag.io import atomic_write_bytes
 
 UINT8_TYPE = 0x08
 # torchvision's layout under `<root>`: <root>/<class name>/raw/<file>
@@ -50,3 +51,14 @@ def split_files(root: Path, dataset: str, train: bool) -> tuple[Path, Path] | No
     raw = Path(root) / dataset / "raw"
     images, labels = (raw / name for name in FILES[train])
     return (images, labels) if images.is_file() and labels.is_file() else None
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array (1 to 3 dimensions) to `path` as an uncompressed idx file, atomically.
+
+    The inverse of `read_idx`: header (0, 0, 0x08, ndim), the sizes as big-endian int32, then
+    the bytes row-major.
+    """
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, UINT8_TYPE, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
+    atomic_write_bytes(path, header + array.tobytes())

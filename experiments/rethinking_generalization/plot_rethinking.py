@@ -1,8 +1,9 @@
 """Figure and tables of the rethinking-generalisation study (the paper's Fig. 7): the binary
 GP's evidence (ELBO/n) against the fraction of flipped labels, the one-vs-all GP's accuracies
 with true and permuted labels, and, when `--laplace_json` is given, the networks' Laplace
-evidence against label corruption (a JSON list of {fraction, log_marglik_per_example,
-train_acc, test_acc}, one entry per corruption level).
+evidence and accuracies against label corruption (a JSON list of {fraction,
+log_marglik_per_example, train_acc, test_acc}, one entry per corruption level, and an optional
+"hessian" key that draws one evidence line per Hessian; `laplace_evidence.py` writes it).
 
     python experiments/rethinking_generalization/plot_rethinking.py \\
         --binary_dir runs/rethinking/binary_n1000 --one_vs_all_dir runs/rethinking/one_vs_all \\
@@ -75,15 +76,38 @@ def laplace_rows(path: Path) -> list[dict]:
     return sorted(rows, key=lambda row: row["fraction"])
 
 
-def plot_laplace(axis, rows: list[dict]) -> None:
-    """The slot for the networks' evidence against corruption."""
-    fractions = [row["fraction"] for row in rows]
-    axis.plot(fractions, [row["log_marglik_per_example"] for row in rows], "o-", color="C3")
-    axis.set(
+def plot_laplace(evidence_axis, accuracy_axis, rows: list[dict]) -> None:
+    """The networks' evidence against corruption (one line per `hessian`, when rows name one)
+    and their train (corrupted labels) and test (true labels) accuracies."""
+    for index, hessian in enumerate(dict.fromkeys(row.get("hessian") for row in rows)):
+        group = [row for row in rows if row.get("hessian") == hessian]
+        evidence_axis.plot(
+            [row["fraction"] for row in group],
+            [row["log_marglik_per_example"] for row in group],
+            "o-", color=f"C{3 + index}", label=hessian or "Laplace",
+        )  # fmt: skip
+    evidence_axis.set(
         xlabel="fraction of corrupted labels",
         ylabel="Laplace log evidence / n",
         title="network (Laplace)",
     )
+    evidence_axis.legend()
+    levels = {row["fraction"]: row for row in rows}  # accuracies do not depend on the Hessian
+    for key, label in (("train_acc", "train (corrupted labels)"), ("test_acc", "test (true)")):
+        accuracy_axis.plot(list(levels), [row[key] for row in levels.values()], "o-", label=label)
+    accuracy_axis.set(xlabel="fraction of corrupted labels", ylabel="accuracy", ylim=(0, 1.05),
+                      title="network accuracy")  # fmt: skip
+    accuracy_axis.legend()
+
+
+def laplace_table(rows: list[dict]) -> str:
+    return tabulate(
+        [[r["fraction"], r.get("hessian", ""), f"{r['log_marglik_per_example']:.4f}",
+          f"{r['train_acc']:.3f}", f"{r['test_acc']:.3f}"] for r in rows],
+        headers=["fraction", "hessian", "log evidence / n", "train acc (corrupted)",
+                 "test acc (true)"],
+        tablefmt="github",
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,9 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         panels.append(("one_vs_all", rows))
     if args.laplace_json:
-        panels.append(("laplace", laplace_rows(args.laplace_json)))
+        rows = laplace_rows(args.laplace_json)
+        print(laplace_table(rows))
+        panels += [("laplace", rows), ("laplace_accuracy", rows)]
     figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for axis, (kind, rows) in zip(axes[0], panels, strict=True):
+    for position, (axis, (kind, rows)) in enumerate(zip(axes[0], panels, strict=True)):
         if kind == "binary":
             axis.plot(
                 [r["corrupted_labels"] for r in rows], [r["elbo_per_example"] for r in rows], "o-"
@@ -178,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             axis.set(ylabel="10-class accuracy", ylim=(0, 1.05), title="one-vs-all GP")
             axis.legend()
-        else:
-            plot_laplace(axis, rows)
+        elif kind == "laplace":
+            plot_laplace(axis, axes[0][position + 1], rows)
     figure.tight_layout()
     atomic_savefig(figure, args.out, dpi=120)
     plt.close(figure)

@@ -53,3 +53,4 @@ class LeNet5(nn.Module):
 
 
 register_model("LeNet5", LeNet5, "mnist")
+register_model("LeNet5NoAug", LeNet5, "mnist_noaug")  # for fitting random labels
