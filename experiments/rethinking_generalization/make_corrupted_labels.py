@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 import numpy as np  # noqa: E402
 
 from swag import data, label_noise  # noqa: E402
-from swag.cli import ArgumentParser, non_negative_int, positive_int, record_invocation, run_main  # noqa: E402
+from swag.cli import ArgumentParser, non_negative_int, record_invocation, run_main  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 from swag.io import atomic_save_npy  # noqa: E402
 from swag.seeding import derived_seed  # noqa: E402
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data_path", required=True, metavar="PATH", help="datasets root")
     parser.add_argument("--download", action="store_true", help="let torchvision download it")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--counts", type=positive_int, nargs="+", default=COUNTS, metavar="N")
+    parser.add_argument("--counts", type=non_negative_int, nargs="+", default=COUNTS, metavar="N")
     parser.add_argument("--seed", type=non_negative_int, default=1, metavar="S")
     args = parser.parse_args(argv)
     if min(args.counts) < 0:
