@@ -38,13 +38,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/bma.py's random_swag
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bma import random_swag  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from swag import models  # noqa: E402
-from swag.posteriors import SWAG  # noqa: E402
 
 ORIGINAL_LIKE = ["--loader", "torchvision", "--num_workers", "0", "--no-channels_last",
                  "--no-fold_bn", "--eval_batch_size", "128"]  # fmt: skip
@@ -60,16 +61,7 @@ WORKLOADS = {  # name: (model, dataset, (S_low, S_high), configurations)
 def write_swag(model_name: str, path: Path, rank: int = 20, seed: int = 0) -> Path:
     """A SWAG file with `rank` deviation columns around a freshly initialised network."""
     torch.manual_seed(seed)
-    model = models.get_model(model_name).build(10)
-    generator = torch.Generator().manual_seed(seed)
-    swag = SWAG(models.get_model(model_name).build(10))
-    reference = [p.detach().clone() for p in model.parameters()]
-    for _ in range(rank):
-        with torch.no_grad():
-            for p, p0 in zip(model.parameters(), reference, strict=True):
-                p.copy_(p0 + 0.01 * torch.randn(p.shape, generator=generator))
-        swag.collect_model(model)
-    return swag.save(path)
+    return random_swag(models.get_model(model_name).build(10), rank, seed).save(path)
 
 
 def write_cifar10(root: Path, n_train: int = 5000, n_test: int = 1000) -> None:

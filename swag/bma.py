@@ -94,14 +94,11 @@ class CheckpointMembers:
 
     def check(self) -> bool:
         """Load every member once (on the CPU); returns whether their draws are deterministic."""
-        deterministic = True
-        for path in self.paths:
-            model = self.build_model().cpu()
-            state = load_checkpoint(path)
-            check_kind(self.method, detect_kind(state, str(path)), str(path))
-            posterior = self.method.adapt(load(state, model, name=str(path)), self.options)
-            deterministic = deterministic and posterior.deterministic
-        return deterministic
+        members = (
+            load_member(self.method.name, path, self.build_model().cpu(), self.options)
+            for path in self.paths
+        )
+        return all([posterior.deterministic for posterior in members])  # a list: load every file
 
 
 @dataclass

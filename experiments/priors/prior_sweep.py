@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import struct
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 from experiments.train import eval_multiswag, run_swag  # noqa: E402
 from swag import cli, data, idx_format, models  # noqa: E402
 from swag.errors import UserError  # noqa: E402
-from swag.io import atomic_savefig, atomic_write_bytes, atomic_write_text  # noqa: E402
+from swag.io import atomic_savefig, atomic_write_text  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -62,11 +61,7 @@ def write_subset(args: argparse.Namespace) -> str:
         raw = root / args.dataset.lower() / args.dataset / "raw"
         for name, array in zip(idx_format.FILES[train], (images[:count, 0], labels[:count]),
                                strict=True):  # fmt: skip
-            array = array.to(dtype=images.dtype).numpy()
-            header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(
-                f">{array.ndim}I", *array.shape
-            )
-            atomic_write_bytes(raw / name, header + array.tobytes())
+            idx_format.write_idx(raw / name, array.to(dtype=images.dtype).numpy())
     return str(root)
 
 
