@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from swag import regression1d  # noqa: E402
+from experiments.deep_ensembles import regression1d  # noqa: E402
 from swag.models.regression_net import RegressionNet  # noqa: E402
 from swag.posteriors.flat import FlatModel
 from swag.posteriors.hmc import gaussian_log_posterior, hmc  # noqa: E402

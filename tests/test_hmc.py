@@ -10,7 +10,7 @@ import torch
 from conftest import LINEAR_NOISE_VAR, LINEAR_PRIOR_VAR, bayesian_linear_regression
 from torch import nn
 
-from swag import regression1d
+from experiments.deep_ensembles import regression1d
 from swag.errors import UserError
 from swag.posteriors.ensembles import train_members
 from swag.posteriors.flat import FlatModel

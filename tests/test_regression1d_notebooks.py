@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from swag import regression1d
+from experiments.deep_ensembles import regression1d
 from swag.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""swag.wasserstein against closed forms."""
+"""swag.metrics.wasserstein2 and the 1-D study's W2 table against closed forms."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from experiments.deep_ensembles.wasserstein import w2_curves
 from swag.errors import UserError
-from swag.wasserstein import w2_curves, wasserstein2
+from swag.metrics import wasserstein2
 
 
 def test_wasserstein2_closed_forms():

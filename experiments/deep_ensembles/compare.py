@@ -1,6 +1,6 @@
 """Distance of the deep ensemble's and VI's predictive distributions to HMC's (1-D regression).
 
-Runs HMC, the deep ensemble and mean-field VI of a named setting (`swag.regression1d.CONFIGS`),
+Runs HMC, the deep ensemble and mean-field VI of a named setting (`regression1d.CONFIGS`),
 then tabulates the mean over the 100 grid inputs of the 1-D Wasserstein-2 distance between each
 method's first k predictive draws and HMC's (k = ensemble members / VI samples), beside the
 Monte Carlo floor of k independent HMC draws. Writes to --dir: command.sh, config.json,
@@ -26,13 +26,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from swag import (
-    cli,  # noqa: E402
-    regression1d,  # noqa: E402
-)
+from experiments.deep_ensembles import regression1d  # noqa: E402
+from experiments.deep_ensembles.wasserstein import w2_curves  # noqa: E402
+from swag import cli  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 from swag.io import atomic_savefig, atomic_write_text  # noqa: E402
-from swag.wasserstein import w2_curves  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 COUNTS = [1, 2, 3, 5, 10, 20, 50]

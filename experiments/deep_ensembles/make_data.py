@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout, uninstalled
 
+from experiments.deep_ensembles.regression1d import make_data, save_npz  # noqa: E402
 from swag import cli  # noqa: E402
 from swag.errors import UserError  # noqa: E402
-from swag.regression1d import make_data, save_npz  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

@@ -15,10 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 
 import numpy as np  # noqa: E402
 
-from swag import (
-    cli,  # noqa: E402
-    regression1d,  # noqa: E402
-)
+from experiments.deep_ensembles import regression1d  # noqa: E402
+from swag import cli  # noqa: E402
 from swag.errors import UserError  # noqa: E402
 from swag.io import atomic_savefig  # noqa: E402
 

@@ -4,7 +4,7 @@ Wilson & Izmailov (2020), "deep ensembles as BMA": on 60 points in three cluster
 predictive distribution is closer to HMC's than a mean-field VI's. This module holds what the
 scripts and notebooks of `experiments/deep_ensembles/` share: the data (features `[x, x²]`,
 targets ×10), the named settings of the original notebooks, and one runner per method. The
-1-D Wasserstein-2 distance that compares their predictive distributions is `swag.wasserstein`.
+1-D Wasserstein-2 table that compares their predictive distributions is `wasserstein.py` here.
 
 Every method here uses the Gaussian likelihood `y | x, θ ~ N(f_θ(x), σ²)` and a Gaussian prior
 `θ ~ N(0, s² I)` on all 261 weights; HMC samples `p(θ | D)^(1/T)`
