@@ -18,7 +18,6 @@ from torch import nn
 
 from swag import distributed
 from swag.errors import UserError
-from swag.io import atomic_torch_save
 
 
 class DivergenceError(UserError):
@@ -247,13 +246,6 @@ def update_bn(
         seen += batch
     for layer, momentum in zip(layers, momenta, strict=True):
         layer.momentum = momentum
-
-
-def save_checkpoint(directory: str | Path, epoch: int, name: str = "checkpoint", **state) -> Path:
-    """Write `<directory>/<name>-<epoch>.pt` atomically; returns its path."""
-    path = Path(directory) / f"{name}-{epoch}.pt"
-    atomic_torch_save({"epoch": epoch, **state}, path)
-    return path
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

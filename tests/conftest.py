@@ -49,6 +49,15 @@ class TinyData:
     num_classes: int = 10
 
 
+def write_legacy_checkpoint(directory: Path, epoch: int, name: str = "checkpoint", **state) -> Path:
+    """`<directory>/<name>-<epoch>.pt` as {"epoch", **state}: the original's files, and this
+    project's before the posterior contract (a bare `state_dict` and no `kind`)."""
+    path = Path(directory) / f"{name}-{epoch}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": epoch, **state}, path)
+    return path
+
+
 def synthetic_images(
     rng: np.random.Generator, labels: np.ndarray, templates: np.ndarray
 ) -> np.ndarray:

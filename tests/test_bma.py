@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import write_legacy_checkpoint
 from torch import nn
 from torch.optim.swa_utils import update_bn as reference_update_bn
 from torchmetrics.functional.classification import multiclass_calibration_error
@@ -14,7 +15,6 @@ from swag.bma import CheckpointMembers, bayesian_model_average
 from swag.bma_results import load_probability_cache, prefix_metrics, temperature_scaled_curves
 from swag.errors import UserError
 from swag.posteriors import SWA, SWAG, Checkpoint, SamplingOptions
-from swag.training import save_checkpoint
 
 C = 3  # classes
 
@@ -140,7 +140,7 @@ def test_prefix_curve_of_hand_case():
 
 
 def _write_swag(directory, swag, name):
-    return save_checkpoint(directory, 10, name=name, state_dict=swag.state_dict())
+    return write_legacy_checkpoint(directory, 10, name=name, state_dict=swag.state_dict())
 
 
 def _block_swag(block: slice) -> SWAG:
@@ -186,7 +186,7 @@ def test_each_checkpoint_is_sampled_with_its_own_deviation_matrix(tmp_path):
 
 def test_members_reject_the_wrong_kind_of_checkpoint(tmp_path):
     swag_path = _write_swag(tmp_path, _swag(0), "swag")
-    sgd_path = save_checkpoint(tmp_path, 10, state_dict=_net().state_dict())
+    sgd_path = write_legacy_checkpoint(tmp_path, 10, state_dict=_net().state_dict())
     assert isinstance(next(iter(CheckpointMembers([sgd_path], "ensemble", _net))), Checkpoint)
     assert isinstance(next(iter(CheckpointMembers([swag_path], "multiswa", _net))), SWA)
     with pytest.raises(UserError, match="is a swag file.*checkpoint-<epoch>.pt"):

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import write_legacy_checkpoint
 from test_eval_multiswag import _script, write_tiny_fashion_mnist
 from torch import nn
 
@@ -27,7 +28,6 @@ from swag.posteriors import (
 )
 from swag.posteriors.flat import assign_parameters, flatten_parameters
 from swag.seeding import derived_generator, derived_seed
-from swag.training import save_checkpoint
 
 
 def _net() -> nn.Module:
@@ -88,7 +88,7 @@ def test_every_kind_round_trips_and_reproduces_its_draws(kind, tmp_path):
 def test_legacy_layouts_load_as_their_kinds(tmp_path):
     swag = _fitted_swag()
     # This project's SWAG files before the contract: a bare state_dict with mean, m2, deviations.
-    old = save_checkpoint(tmp_path, 4, name="swag", state_dict=swag.state_dict())
+    old = write_legacy_checkpoint(tmp_path, 4, name="swag", state_dict=swag.state_dict())
     assert isinstance(posteriors.load(old, _net()), SWAG)
     # The original repository's checkpoint-<e>.pt: {epoch, state_dict, optimizer}.
     model = _net()

@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import write_legacy_checkpoint
 from torch import nn
 from torch.optim.swa_utils import update_bn as torch_update_bn
 
@@ -242,10 +243,9 @@ def test_atomic_save_keeps_the_previous_file_when_the_save_fails(tmp_path):
     assert training.load_checkpoint(path) == {"epoch": 2}
 
 
-def test_save_checkpoint_names_and_contents(tmp_path):
+def test_load_checkpoint_reads_the_original_layout(tmp_path):
     state_dict = {"a": torch.ones(2)}
-    path = training.save_checkpoint(tmp_path / "run", 7, name="swag", state_dict=state_dict)
-    assert path == tmp_path / "run" / "swag-7.pt"
+    path = write_legacy_checkpoint(tmp_path / "run", 7, name="swag", state_dict=state_dict)
     state = training.load_checkpoint(path)
     assert state["epoch"] == 7 and torch.equal(state["state_dict"]["a"], torch.ones(2))
 
