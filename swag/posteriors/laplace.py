@@ -154,36 +154,33 @@ class Laplace(Posterior):
 
         self.model.eval()
         device = self.mean.device
-        diag = [torch.zeros(p.shape, dtype=torch.float64, device=device) for p in self.params]
+        diag = [torch.zeros(p.reshape(p.shape[0], -1).shape, **_f64(device)) for p in self.params]
         a_sums = [torch.zeros(L.in_features, L.in_features, **_f64(device)) for L in self.layers]
         g_sums = [torch.zeros(L.out_features, L.out_features, **_f64(device)) for L in self.layers]
         log_lik, count = torch.zeros((), dtype=torch.float64, device=device), 0
         for inputs, targets in tqdm(loader, desc="Laplace GGN", disable=not progress, leave=False):
             inputs, targets = inputs.to(device), targets.to(device)
-            logits, rows_a, rows_g = curvature.backpropagate(
-                self.model, self.layers, inputs, self._hessian_sqrt
-            )
-            log_lik += self._batch_log_likelihood(logits, targets).double()
             count += inputs.shape[0]
-            with torch.no_grad():
-                index = 0
-                for i, layer in enumerate(self.layers):
-                    if self.hessian == "diag":
-                        weight, bias = curvature.diagonal_ggn(rows_a[i], rows_g[i])
-                        diag[index] += weight.reshape(diag[index].shape)
-                        if layer.has_bias:
-                            diag[index + 1] += bias
-                    else:
-                        a_sum, g_sum = curvature.kfac_factors(rows_a[i], rows_g[i])
-                        a_sums[i] += a_sum
-                        g_sums[i] += g_sum
-                    index += 1 + layer.has_bias
+            # sub-batches keep each layer's tensors small enough for the cache and the allocator
+            size = curvature.SUB_BATCH
+            for part, part_targets in zip(inputs.split(size), targets.split(size), strict=True):
+                logits, rows_a, rows_g = curvature.backpropagate(
+                    self.model, self.layers, part, self._hessian_sqrt
+                )
+                log_lik += self._batch_log_likelihood(logits, part_targets).double()
+                with torch.no_grad():
+                    self._accumulate(rows_a, rows_g, diag, a_sums, g_sums)
         if count == 0:
             raise UserError("the Laplace fit got no training examples; pass a non-empty loader")
         with torch.no_grad():
             self.mean.copy_(torch.cat([p.detach().reshape(-1) for p in self.params]))
             self.log_likelihood.copy_(log_lik)
             self.num_data.fill_(count)
+            index = 0
+            for i, layer in enumerate(self.layers):  # patch order → the weight's order
+                diag[index] = curvature.to_weight_order(layer, diag[index], (1,))
+                a_sums[i] = curvature.to_weight_order(layer, a_sums[i], (0, 1))
+                index += 1 + layer.has_bias
             if self.hessian == "diag":
                 self.ggn_diag.copy_(torch.cat([d.reshape(-1) for d in diag]))
             for i in range(len(self.layers) if self.hessian == "kron" else 0):
@@ -192,6 +189,21 @@ class Laplace(Posterior):
                     getattr(self, f"{name}_eigvals_{i}").copy_(values.clamp(min=0))
                     getattr(self, f"{name}_eigvecs_{i}").copy_(vectors)
         return self
+
+    def _accumulate(self, rows_a, rows_g, diag, a_sums, g_sums) -> None:
+        """Add one sub-batch's curvature (columns in patch order) to the float64 sums."""
+        index = 0
+        for i, layer in enumerate(self.layers):
+            if self.hessian == "diag":
+                weight, bias = curvature.diagonal_ggn(rows_a[i], rows_g[i])
+                diag[index] += weight
+                if layer.has_bias:
+                    diag[index + 1] += bias[:, None]
+            else:
+                a_sum, g_sum = curvature.kfac_factors(rows_a[i], rows_g[i])
+                a_sums[i] += a_sum
+                g_sums[i] += g_sum
+            index += 1 + layer.has_bias
 
     def _require_fit(self) -> None:
         if int(self.num_data) == 0:
@@ -344,7 +356,7 @@ class Laplace(Posterior):
         variance = curvature.glm_variance(
             self.layers, self.blocks(), self.prior_precision, rows_a, rows_g
         )
-        return logits, variance.T
+        return logits, variance
 
     def predictive(self, inputs: torch.Tensor, link: str = "probit") -> torch.Tensor:
         """GLM predictive class probabilities [N, C] with the probit approximation.
