@@ -48,9 +48,14 @@ class Call:
 
 @contextlib.contextmanager
 def tracing(model: nn.Module):
-    """Record every leaf-module call (in call order) while the model runs."""
+    """Record every leaf-module call (in call order) while the model runs.
+
+    MaxPool2d modules run as `F.max_pool2d(..., return_indices=True)` meanwhile (same output),
+    so that their argmax positions come from the forward pass itself.
+    """
     calls: list[Call] = []
     versions: list[int] = []
+    pooled: list[torch.Tensor] = []
 
     def before(module, args):
         versions.append(args[0]._version if args and torch.is_tensor(args[0]) else -1)
@@ -60,21 +65,38 @@ def tracing(model: nn.Module):
             versions.append(-2)  # marks the trace as not a chain
             return
         call = Call(module, args[0], versions.pop(), output, output._version)
-        if isinstance(module, nn.MaxPool2d):
-            call.indices = F.max_pool2d(
-                args[0], module.kernel_size, module.stride, module.padding, module.dilation,
-                module.ceil_mode, return_indices=True,
-            )[1]  # fmt: skip
+        if isinstance(module, nn.MaxPool2d) and pooled:
+            call.indices = pooled.pop()
         calls.append(call)
 
+    def max_pool(module: nn.MaxPool2d):
+        def forward(x):
+            out, indices = F.max_pool2d(
+                x, module.kernel_size, module.stride, module.padding, module.dilation,
+                module.ceil_mode, return_indices=True,
+            )  # fmt: skip
+            pooled.append(indices)
+            return out
+
+        return forward
+
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    handles = [h for m in leaves for h in (m.register_forward_pre_hook(before),)]
+    pools = [
+        m
+        for m in leaves
+        if type(m) is nn.MaxPool2d and not m.return_indices and "forward" not in vars(m)
+    ]
+    handles = [m.register_forward_pre_hook(before) for m in leaves]
     handles += [m.register_forward_hook(after) for m in leaves]
+    for module in pools:
+        module.forward = max_pool(module)
     try:
         yield calls, versions
     finally:
         for handle in handles:
             handle.remove()
+        for module in pools:
+            del module.forward
 
 
 def _links(previous: torch.Tensor, version: int, following: torch.Tensor, seen: int) -> bool:
@@ -106,6 +128,8 @@ def _segment(calls: list[Call], modules: list[nn.Module], logits: torch.Tensor) 
             module.training or module.running_var is None
         ):
             return None
+        if isinstance(module, nn.MaxPool2d) and call.indices is None:
+            return None
         if isinstance(module, nn.Conv2d) and (
             module.padding_mode != "zeros" or isinstance(module.padding, str)
         ):
@@ -130,18 +154,25 @@ def _kept_unchanged(segment: list[Call], modules: list[nn.Module]) -> bool:
     return True
 
 
-def _max_pool(call: Call, grad: torch.Tensor, count: int, mask: bool) -> torch.Tensor:
-    """Scatter pooled gradients [N·R, C, h, w] to the argmax of each window: [N·R, C, H, W]."""
+def _max_pool(call: Call, grad: torch.Tensor, count: int, mask: bool, workspace) -> torch.Tensor:
+    """Scatter pooled gradients [N·R, C, h, w] to the argmax of each window: [N·R, C, H, W].
+
+    The zeroed result lives in `workspace` (a dict kept by the caller across calls, keyed by the
+    module): writing into memory used before is several times faster than into fresh pages.
+    """
     channels, height, width = call.inputs.shape[1:]
     pooled = grad.reshape(count, -1, channels, call.output.shape[2] * call.output.shape[3])
     if mask:  # the ReLU before the pool, at the argmax
         pooled = pooled * (call.output > 0).flatten(2).unsqueeze(1)
     index = call.indices.flatten(2).unsqueeze(1).expand_as(pooled)
-    full = grad.new_zeros(count, pooled.shape[1], channels, height * width)
-    return full.scatter_add_(3, index, pooled).view(-1, channels, height, width)
+    shape = (count, pooled.shape[1], channels, height * width)
+    full = workspace.get(id(call.module))
+    if full is None or full.shape != shape or full.dtype != grad.dtype:
+        full = workspace[id(call.module)] = grad.new_empty(shape)
+    return full.zero_().scatter_add_(3, index, pooled).view(-1, channels, height, width)
 
 
-def _step(call: Call, grad: torch.Tensor, count: int) -> torch.Tensor:
+def _step(call: Call, grad: torch.Tensor, count: int, workspace: dict) -> torch.Tensor:
     """The backward rule of one module: output gradients [N·R, ...] → input gradients."""
     module = call.module
     if isinstance(module, nn.Linear):
@@ -156,7 +187,7 @@ def _step(call: Call, grad: torch.Tensor, count: int) -> torch.Tensor:
         factor = call.output > 0 if isinstance(module, nn.ReLU) else 1 - call.output.square()
         return (grad.view(count, -1, *factor.shape[1:]) * factor.unsqueeze(1)).view(grad.shape)
     if isinstance(module, nn.MaxPool2d):
-        return _max_pool(call, grad, count, mask=False)
+        return _max_pool(call, grad, count, False, workspace)
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         scale = torch.rsqrt(module.running_var + module.eps)
         if module.weight is not None:
@@ -167,7 +198,11 @@ def _step(call: Call, grad: torch.Tensor, count: int) -> torch.Tensor:
 
 @torch.no_grad()
 def backpropagate(
-    model: nn.Module, modules: list[nn.Module], inputs: torch.Tensor, columns
+    model: nn.Module,
+    modules: list[nn.Module],
+    inputs: torch.Tensor,
+    columns,
+    workspace: dict | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]] | None:
     """One no-grad forward pass and one backward sweep for all columns of S, or None.
 
@@ -176,10 +211,12 @@ def backpropagate(
         modules: the posterior layers' modules.
         inputs: x [N, ...].
         columns: logits [N, C] → S [N, C, R].
+        workspace: buffers reused across calls (the gradients returned may live in them, so they
+            are valid until the next call with the same workspace); None: fresh ones.
 
     Returns:
-        logits [N, C], each module's input, each module's output gradients [N·R, *out]
-        (example-major: row n·R + r is J_nᵀ S[n, :, r]); None if the model is not a chain.
+        logits [N, C], each module's input, each module's output gradients [N, R, *out]
+        ([n, r] is J_nᵀ S[n, :, r]); None if the model is not a chain.
     """
     if model in NOT_CHAIN:
         return None
@@ -190,27 +227,25 @@ def backpropagate(
         NOT_CHAIN.add(model)
         return None
     sqrt = columns(logits)
-    count = inputs.shape[0]
-    grad = sqrt.transpose(1, 2).reshape(-1, sqrt.shape[1])  # [N·R, C]
+    count, workspace = inputs.shape[0], {} if workspace is None else workspace
+    grad = sqrt.transpose(1, 2)  # [N, R, C]
     found = {}
     index = len(calls) - 1
     wanted = {id(m) for m in modules}
     while True:
         call = calls[index]
-        grad = grad.reshape(-1, *call.output.shape[1:])
+        shape = call.output.shape[1:]
+        grad = grad.reshape(count, -1, *shape)  # [N, R, *out]
         if id(call.module) in wanted:
             found[id(call.module)] = (call.inputs, grad)
         if index == first:
             break
-        before = calls[index - 1]
-        if (
-            isinstance(call.module, nn.MaxPool2d)
-            and isinstance(before.module, nn.ReLU)
-            and index - 1 > first
-        ):
-            grad = _max_pool(call, grad, count, mask=True)
-            index -= 2
+        flat = grad.reshape(-1, *shape)
+        if isinstance(call.module, nn.MaxPool2d):
+            fused = isinstance(calls[index - 1].module, nn.ReLU)
+            index -= 1 + fused
+            grad = _max_pool(call, flat, count, fused, workspace)
             continue
-        grad = _step(call, grad, count)
+        grad = _step(call, flat, count, workspace)
         index -= 1
     return logits, [found[id(m)][0] for m in modules], [found[id(m)][1] for m in modules]

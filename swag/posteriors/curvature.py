@@ -186,7 +186,7 @@ def softmax_hessian_sqrt(logits: torch.Tensor) -> torch.Tensor:
 
 
 def backpropagate(
-    model: nn.Module, layers: list[Layer], inputs: torch.Tensor, columns
+    model: nn.Module, layers: list[Layer], inputs: torch.Tensor, columns, workspace=None
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """One forward pass, then one backward pass per column of S.
 
@@ -196,19 +196,17 @@ def backpropagate(
         inputs: x [N, ...].
         columns: logits [N, C] → S [N, C, R]; the output gradients of column r are
             J_nᵀ S[n, :, r] at each layer's output.
+        workspace: a dict of buffers reused across calls (`chain.backpropagate`), or None.
 
     Returns:
         logits [N, C] (detached), a [N, T, K] per layer (`layer_inputs`), g [N, R, O, T] per
         layer (the R columns of each example side by side, for one product per example).
     """
-    swept = chain.backpropagate(model, [layer.module for layer in layers], inputs, columns)
+    modules = [layer.module for layer in layers]
+    swept = chain.backpropagate(model, modules, inputs, columns, workspace)
     if swept is not None:
         logits, recorded_in, grads = swept
-        count = inputs.shape[0]
-        rows_g = [
-            output_rows(layer, grad.view(count, -1, *grad.shape[1:]), batch_dims=2)
-            for layer, grad in zip(layers, grads, strict=True)
-        ]
+        rows_g = [output_rows(L, grad, batch_dims=2) for L, grad in zip(layers, grads, strict=True)]
     else:
         logits, recorded_in, rows_g = _autograd_columns(model, layers, inputs, columns)
     rows_in = [layer_inputs(layer, x) for layer, x in zip(layers, recorded_in, strict=True)]
@@ -268,8 +266,16 @@ def diagonal_ggn(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 def kfac_factors(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """KFAC-expand sums of one batch: Σ_n 1/T Σ_t a aᵀ [K, K] and Σ_{n,r,t} g gᵀ [O, O]."""
-    rows_g = g.transpose(2, 3).reshape(-1, g.shape[2])  # [N·R·T, O]
-    return symmetric_gram(a.reshape(-1, a.shape[-1])) / a.shape[1], rows_g.T @ rows_g
+    out = g.shape[2]
+    if g.permute(0, 3, 1, 2).is_contiguous():  # position-major: the rows are a view
+        rows_g = g.permute(0, 3, 1, 2).reshape(-1, out)
+        g_sum = rows_g.T @ rows_g
+    else:  # [N·T·R, O] rows, a few examples at a time (each a transposing copy)
+        g_sum = g.new_zeros(out, out)
+        for part in g.split(max(1, 2**20 // g[0].numel())):
+            rows_g = part.permute(0, 3, 1, 2).reshape(-1, out)
+            g_sum.addmm_(rows_g.T, rows_g)
+    return symmetric_gram(a.reshape(-1, a.shape[-1])) / a.shape[1], g_sum
 
 
 def symmetric_gram(rows: torch.Tensor, block: int = 128) -> torch.Tensor:

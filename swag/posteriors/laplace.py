@@ -158,6 +158,7 @@ class Laplace(Posterior):
         a_sums = [torch.zeros(L.in_features, L.in_features, **_f64(device)) for L in self.layers]
         g_sums = [torch.zeros(L.out_features, L.out_features, **_f64(device)) for L in self.layers]
         log_lik, count = torch.zeros((), dtype=torch.float64, device=device), 0
+        workspace: dict = {}
         for inputs, targets in tqdm(loader, desc="Laplace GGN", disable=not progress, leave=False):
             inputs, targets = inputs.to(device), targets.to(device)
             count += inputs.shape[0]
@@ -165,7 +166,7 @@ class Laplace(Posterior):
             size = curvature.SUB_BATCH
             for part, part_targets in zip(inputs.split(size), targets.split(size), strict=True):
                 logits, rows_a, rows_g = curvature.backpropagate(
-                    self.model, self.layers, part, self._hessian_sqrt
+                    self.model, self.layers, part, self._hessian_sqrt, workspace
                 )
                 log_lik += self._batch_log_likelihood(logits, part_targets).double()
                 with torch.no_grad():
