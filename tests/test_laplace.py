@@ -275,6 +275,23 @@ def test_chain_sweep_equals_autograd_and_other_networks_use_autograd():
     torch.testing.assert_close(diag.ggn_diag, dense_ggn(residual, diag.params, inputs).diag())
 
 
+@pytest.mark.parametrize("hessian", ["diag", "kron"])
+def test_worker_threads_give_the_one_thread_fit(hessian):
+    """Sub-batches shared among 3 worker threads (each with a copy of the network): the same
+    sums up to rounding, and the caller's thread count is restored."""
+    net = conv_bn_net().double()
+    inputs, targets, _ = classification_data((2, 8, 8), n=300, dtype=torch.float64)
+    loader = DataLoader(TensorDataset(inputs, targets), batch_size=150)
+    one = Laplace(net, hessian).fit(loader, workers=1)
+    three = Laplace(net, hessian).fit(loader, workers=3)
+    assert torch.get_num_threads() == 1
+    torch.testing.assert_close(three.log_likelihood, one.log_likelihood, rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        three.log_marginal_likelihood(), one.log_marginal_likelihood(), rtol=1e-12, atol=0
+    )
+    torch.testing.assert_close(three.posterior_variance(), one.posterior_variance(), rtol=1e-10)
+
+
 def test_conv_patches_are_those_of_unfold():
     conv = nn.Conv2d(3, 2, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 1))
     layer = curvature.posterior_layers(nn.Sequential(conv), "all")[0]
