@@ -114,8 +114,9 @@ def _segment(calls: list[Call], modules: list[nn.Module], logits: torch.Tensor) 
     """Index of the first posterior call if calls[index:] is a supported chain, else None."""
     wanted = {id(m) for m in modules}
     starts = [i for i, call in enumerate(calls) if id(call.module) in wanted]
-    if len(starts) != len(modules) or not starts:
-        return None
+    distinct = {id(calls[i].module) for i in starts}
+    if not starts or len(distinct) != len(starts) or len(starts) != len(modules):
+        return None  # a posterior layer called twice or never
     first = starts[0]
     segment = calls[first:]
     for call in segment:
