@@ -111,6 +111,8 @@ def ggn_sums(
     size = curvature.SUB_BATCH
 
     def run(worker: int, parts: list) -> None:
+        if count > 1:  # OpenMP's thread count is per thread: set it in each worker
+            torch.set_num_threads(1)
         for part, part_targets in parts[worker::count]:
             sums[worker].add(part, part_targets, columns, log_likelihood)
 
