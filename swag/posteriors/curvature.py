@@ -272,7 +272,7 @@ def kfac_factors(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.
         g_sum = rows_g.T @ rows_g
     else:  # [N·T·R, O] rows, a few examples at a time (each a transposing copy)
         g_sum = g.new_zeros(out, out)
-        for part in g.split(max(1, 2**18 // g[0].numel())):
+        for part in g.split(max(1, 2**20 // g[0].numel())):
             rows_g = part.permute(0, 3, 1, 2).reshape(-1, out)
             g_sum.addmm_(rows_g.T, rows_g)
     return symmetric_gram(a.reshape(-1, a.shape[-1])) / a.shape[1], g_sum

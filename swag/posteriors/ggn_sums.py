@@ -123,7 +123,9 @@ def ggn_sums(
             for inputs, targets in tqdm(loader, "Laplace GGN", disable=not progress, leave=False):
                 split = inputs.to(device).split(size), targets.to(device).split(size)
                 parts = list(zip(*split, strict=True))
-                for job in [pool.submit(run, w, parts) for w in range(count)]:
+                if count == 1:
+                    run(0, parts)
+                for job in [pool.submit(run, w, parts) for w in range(count if count > 1 else 0)]:
                     job.result()
     finally:
         torch.set_num_threads(threads)
