@@ -275,22 +275,8 @@ def kfac_factors(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.
         for part in g.split(max(1, 2**20 // g[0].numel())):
             rows_g = part.permute(0, 3, 1, 2).reshape(-1, out)
             g_sum.addmm_(rows_g.T, rows_g)
-    return symmetric_gram(a.reshape(-1, a.shape[-1])) / a.shape[1], g_sum
-
-
-def symmetric_gram(rows: torch.Tensor, block: int = 128) -> torch.Tensor:
-    """rowsᵀ rows [K, K] from its upper block triangle (torch has no syrk): about half the
-    products of a full matrix product when K is many blocks."""
-    size = rows.shape[-1]
-    if size <= 2 * block:
-        return rows.T @ rows
-    gram = rows.new_empty(size, size)
-    for start in range(0, size, block):
-        stop = min(start + block, size)
-        product = rows[:, start:stop].T @ rows[:, start:]  # [b, K − start]
-        gram[start:stop, start:] = product
-        gram[stop:, start:stop] = product[:, stop - start :].T
-    return gram
+    rows_a = a.reshape(-1, a.shape[-1])
+    return rows_a.T @ rows_a / a.shape[1], g_sum
 
 
 def per_example_sq_sum(a: torch.Tensor, g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
