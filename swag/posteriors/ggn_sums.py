@@ -1,12 +1,12 @@
 """The Laplace fit's pass over the data: GGN sums and the log likelihood, in float64.
 
 Each loader batch is cut into sub-batches of `curvature.SUB_BATCH` examples (small enough for
-the cache and the memory allocator); on a CPU the sub-batches are shared among `workers`
-threads, each with its own copy of the network and one intra-op thread. Backward sweeps,
-scatters, small products and copies scale poorly over intra-op threads; whole sub-batches
-scale almost linearly. The workers' float64 sums are added in worker order at the end, so a
-fit is deterministic for a given number of workers (sums in a different order than one worker
-only in rounding).
+the cache and the memory allocator). On a CPU they can be shared among `workers` threads, each
+with its own copy of the network and one intra-op thread (backward sweeps, scatters, small
+products and copies scale poorly over intra-op threads, whole sub-batches better); on a busy
+machine either way can stall, so one worker with the caller's intra-op threads is the default.
+The workers' float64 sums are added in worker order at the end, so a fit is deterministic for
+a given number of workers (sums in a different order than one worker only in rounding).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def ggn_sums(
     loader: Iterable,
     columns: Callable,
     log_likelihood: Callable,
-    workers: int | None = None,
+    workers: int = 1,
     progress: bool = False,
 ) -> Sums:
     """One pass over `loader` (batches (x, y)) with the model in eval mode.
@@ -96,14 +96,15 @@ def ggn_sums(
         hessian: "diag" or "kron".
         columns: logits [N, C] → S [N, C, R] (`curvature.backpropagate`).
         log_likelihood: (logits, targets) → Σ log p(y|x) of a sub-batch.
-        workers: threads on a CPU (None: `torch.get_num_threads()`); one on other devices.
+        workers: threads on a CPU (1: the calling thread, with its intra-op threads); one on
+            other devices.
         progress: a tqdm bar over the loader's batches.
     """
     from tqdm import tqdm
 
     model.eval()
     device = next(model.parameters()).device
-    count = (workers or torch.get_num_threads()) if device.type == "cpu" else 1
+    count = max(1, workers) if device.type == "cpu" else 1
     copies = [model] + [copy.deepcopy(model) for _ in range(count - 1)]
     sums = [Sums(layers, model, hessian)]
     sums += [Sums(curvature.posterior_layers(m, subset), m, hessian) for m in copies[1:]]

@@ -146,11 +146,11 @@ class Laplace(Posterior):
             / 2
         )
 
-    def fit(self, loader: Iterable, progress: bool = False, workers: int | None = None) -> Laplace:
+    def fit(self, loader: Iterable, progress: bool = False, workers: int = 1) -> Laplace:
         """Accumulate log p(D|θ*) and the GGN over `loader` (batches (x, y)) at the current weights.
 
         The model is put in eval mode (BatchNorm running statistics; no dropout). `workers`:
-        threads sharing the sub-batches on a CPU (`ggn_sums`; None: `torch.get_num_threads()`).
+        threads sharing the sub-batches on a CPU (`ggn_sums`; 1: the calling thread).
         """
         sums = ggn_sums(
             self.model, self.layers, self.subset, self.hessian, loader, self._hessian_sqrt,
