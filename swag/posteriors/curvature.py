@@ -5,10 +5,12 @@ For a network f(x; θ) with logits f [N, C] and a negative log likelihood ℓ(f,
     H_ggn = Σ_n J_nᵀ Λ_n J_n,    J_n = ∂f(x_n)/∂θ  [C, P],    Λ_n = ∂²ℓ/∂f² [C, C]
 
 (MacKay, 1992; Martens, 2014): Λ_n = diag(p_n) − p_n p_nᵀ for softmax cross-entropy and I / σ²
-for Gaussian noise of variance σ². With a square root Λ_n = S_n S_nᵀ (S_n [C, R]) and one
-backward pass per column of S, every Linear or Conv2d layer sees its inputs a_n [T, K] (Conv2d
-patches unfolded, T spatial positions, K = C_in·k_h·k_w; T = 1 for a Linear layer) and the
-output gradients g_{n,r} [O, T] of each column r, and
+for Gaussian noise of variance σ². With a square root Λ_n = S_n S_nᵀ (S_n [C, R]; R = C − 1
+for softmax, whose Λ_n has rank C − 1) and the output gradients of every column of S (one
+backward sweep for all columns on a chain network, `chain.py`; else one autograd pass per
+column), every Linear or Conv2d layer sees its inputs a_n [T, K] (Conv2d patches unfolded, T
+spatial positions, K = C_in·k_h·k_w; T = 1 for a Linear layer) and the output gradients
+g_{n,r} [O, T] of each column r, and
 
     per-example weight gradient  (J_nᵀ s_r)_W = g_{n,r} a_n   [O, K]
     diagonal GGN                 diag H_W     = Σ_{n,r} ((J_nᵀ s_r)_W)²   (elementwise square)
