@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from swag.errors import UserError
 from swag.models import get_model
-from swag.posteriors import base, curvature
+from swag.posteriors import base, chain, curvature
 from swag.posteriors.laplace import Laplace
 from swag.posteriors.methods import get_method
 
@@ -238,12 +238,76 @@ def test_conv_batchnorm_network_diag_matches_dense_ggn_and_kron_fits():
     assert math.isfinite(float(kron.log_marginal_likelihood()))
 
 
+class Residual(nn.Module):
+    """Not a chain (a skip connection): the GGN goes through autograd, one pass per column."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.relu = nn.Conv2d(2, 2, 3, padding=1), nn.ReLU()
+        self.head = nn.Linear(2 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.head(torch.flatten(x + self.relu(self.conv(x)), 1))
+
+
+def test_chain_sweep_equals_autograd_and_other_networks_use_autograd():
+    """The one-sweep backward of a chain (ReLU before max-pools, overlapping pool windows,
+    eval BatchNorm, Tanh, Dropout, a flatten inside forward) gives autograd's output gradients;
+    a residual network falls back to autograd and its diagonal GGN is the dense one."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(2, 3, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.BatchNorm2d(3),
+        nn.Conv2d(3, 4, 2, padding=1), nn.Tanh(), nn.MaxPool2d(3, stride=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.5), nn.Linear(4, 3),
+    ).double().eval()  # fmt: skip
+    inputs = torch.randn(6, 2, 9, 9, dtype=torch.float64)
+    layers = curvature.posterior_layers(net, "all")
+    columns = curvature.softmax_hessian_sqrt
+    swept = curvature.backpropagate(net, layers, inputs, columns)
+    assert net not in chain.NOT_CHAIN
+    _, _, expected = curvature._autograd_columns(net, layers, inputs, columns)
+    for ours, reference in zip(swept[2], expected, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-14)
+    residual = Residual().double()
+    inputs, _, loader = classification_data((2, 6, 6), dtype=torch.float64)
+    diag = Laplace(residual, "diag").fit(loader)
+    assert residual in chain.NOT_CHAIN
+    torch.testing.assert_close(diag.ggn_diag, dense_ggn(residual, diag.params, inputs).diag())
+
+
+@pytest.mark.parametrize("hessian", ["diag", "kron"])
+def test_worker_threads_give_the_one_thread_fit(hessian):
+    """Sub-batches shared among 3 worker threads (each with a copy of the network): the same
+    sums up to rounding, and the caller's thread count is restored."""
+    net = conv_bn_net().double()
+    inputs, targets, _ = classification_data((2, 8, 8), n=300, dtype=torch.float64)
+    loader = DataLoader(TensorDataset(inputs, targets), batch_size=150)
+    one = Laplace(net, hessian).fit(loader, workers=1)
+    torch.set_num_threads(2)
+    try:
+        three = Laplace(net, hessian).fit(loader, workers=3)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    torch.testing.assert_close(three.log_likelihood, one.log_likelihood, rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        three.log_marginal_likelihood(), one.log_marginal_likelihood(), rtol=1e-12, atol=0
+    )
+    torch.testing.assert_close(
+        three.posterior_variance(), one.posterior_variance(), rtol=1e-10, atol=0
+    )
+
+
 def test_conv_patches_are_those_of_unfold():
     conv = nn.Conv2d(3, 2, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 1))
     layer = curvature.posterior_layers(nn.Sequential(conv), "all")[0]
     inputs = torch.randn(4, 3, 9, 7)
     expected = nn.functional.unfold(inputs, (3, 2), (2, 1), (1, 2), (2, 1)).transpose(1, 2)
-    torch.testing.assert_close(curvature.layer_inputs(layer, inputs), expected, rtol=0, atol=0)
+    patches = curvature.layer_inputs(layer, inputs)  # columns in patch order
+    order = curvature.patch_order(layer)
+    torch.testing.assert_close(patches, expected[..., order], rtol=0, atol=0)
+    weight_order = curvature.to_weight_order(layer, patches, (2,))
+    torch.testing.assert_close(weight_order, expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("hessian", ["diag", "kron"])

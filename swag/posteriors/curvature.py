@@ -5,10 +5,12 @@ For a network f(x; θ) with logits f [N, C] and a negative log likelihood ℓ(f,
     H_ggn = Σ_n J_nᵀ Λ_n J_n,    J_n = ∂f(x_n)/∂θ  [C, P],    Λ_n = ∂²ℓ/∂f² [C, C]
 
 (MacKay, 1992; Martens, 2014): Λ_n = diag(p_n) − p_n p_nᵀ for softmax cross-entropy and I / σ²
-for Gaussian noise of variance σ². With a square root Λ_n = S_n S_nᵀ (S_n [C, R]) and one
-backward pass per column of S, every Linear or Conv2d layer sees its inputs a_n [T, K] (Conv2d
-patches unfolded, T spatial positions, K = C_in·k_h·k_w; T = 1 for a Linear layer) and the
-output gradients g_{n,r} [O, T] of each column r, and
+for Gaussian noise of variance σ². With a square root Λ_n = S_n S_nᵀ (S_n [C, R]; R = C − 1
+for softmax, whose Λ_n has rank C − 1) and the output gradients of every column of S (one
+backward sweep for all columns on a chain network, `chain.py`; else one autograd pass per
+column), every Linear or Conv2d layer sees its inputs a_n [T, K] (Conv2d patches unfolded, T
+spatial positions, K = C_in·k_h·k_w; T = 1 for a Linear layer) and the output gradients
+g_{n,r} [O, T] of each column r, and
 
     per-example weight gradient  (J_nᵀ s_r)_W = g_{n,r} a_n   [O, K]
     diagonal GGN                 diag H_W     = Σ_{n,r} ((J_nᵀ s_r)_W)²   (elementwise square)
@@ -38,8 +40,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from swag.errors import UserError
+from swag.posteriors import chain
 
 SUBSETS = ("all", "last_layer")
+SUB_BATCH = 64  # examples per backward pass: keeps per-layer tensors cache- and allocator-sized
 CONV_CHUNK = 64  # examples per per-example-gradient chunk of a Conv2d layer (memory bound)
 
 
@@ -127,37 +131,64 @@ def recording(layers: list[Layer]) -> Iterator[tuple[list, list]]:
 def layer_inputs(layer: Layer, inputs: torch.Tensor) -> torch.Tensor:
     """The layer's input rows a [N, T, K] (Conv2d patches unfolded; T = 1 for a flat Linear).
 
-    Conv2d patches come from strided views (`Tensor.unfold`), in `F.unfold`'s order (channel,
-    kernel row, kernel column); `F.unfold` itself is 20-40 times slower on CPU.
+    Conv2d patches come from strided views (`Tensor.unfold`) of the channels-last input, so each
+    patch row is copied in runs of kernel-width × channels contiguous numbers; their columns are
+    in patch order (kernel row, kernel column, channel), `patch_order` maps them to the weight's.
+    This is 5-20 times faster on CPU than `F.unfold` or the weight's (channel-first) order.
     """
     module = layer.module
     if not isinstance(module, nn.Conv2d):
         return inputs.reshape(inputs.shape[0], -1, inputs.shape[-1])
     (kh, kw), (dh, dw), (sh, sw) = module.kernel_size, module.dilation, module.stride
     ph, pw = module.padding
-    padded = F.pad(inputs, (pw, pw, ph, ph))
-    patches = padded.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
-    patches = patches[..., ::dh, ::dw]  # [N, C, H', W', kh, kw]
-    count, _, height, width = patches.shape[:4]
-    return patches.permute(0, 2, 3, 1, 4, 5).reshape(count, height * width, -1)
+    padded = F.pad(inputs, (pw, pw, ph, ph)).permute(0, 2, 3, 1)  # [N, H, W, C]
+    patches = padded.unfold(1, dh * (kh - 1) + 1, sh).unfold(2, dw * (kw - 1) + 1, sw)
+    patches = patches[..., ::dh, ::dw]  # [N, H', W', C, kh, kw]
+    count, height, width = patches.shape[:3]
+    return patches.permute(0, 1, 2, 4, 5, 3).reshape(count, height * width, -1)
 
 
-def output_rows(layer: Layer, grads: torch.Tensor) -> torch.Tensor:
-    """Output gradients [R, N, *out] → g [R, N, O, T] (channels first, as Conv2d writes them)."""
-    if isinstance(layer.module, nn.Conv2d):
-        return grads.flatten(3)
-    return grads.reshape(grads.shape[0], grads.shape[1], -1, grads.shape[-1]).transpose(2, 3)
+def patch_order(layer: Layer) -> torch.Tensor | None:
+    """order [K]: column k of `layer_inputs` is column order[k] of `weight.reshape(O, K)`.
+
+    None for a Linear layer (its columns are the weight's).
+    """
+    module = layer.module
+    if not isinstance(module, nn.Conv2d):
+        return None
+    channels, kh, kw = module.weight.shape[1:]
+    return torch.arange(layer.in_features).view(channels, kh, kw).permute(1, 2, 0).reshape(-1)
+
+
+def to_weight_order(layer: Layer, values: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """`values` with its patch-order axes `dims` (size K each) put in the weight's column order."""
+    order = patch_order(layer)
+    if order is None:
+        return values
+    inverse = torch.argsort(order).to(values.device)
+    for dim in dims:
+        values = values.index_select(dim, inverse)
+    return values
 
 
 def softmax_hessian_sqrt(logits: torch.Tensor) -> torch.Tensor:
-    """S [N, C, C] with S Sᵀ = diag(p) − p pᵀ: column c is √p_c (e_c − p)."""
+    """S [N, C, C − 1] with S Sᵀ = diag(p) − p pᵀ, one column fewer than the rank-revealing
+    S₀ = diag(√p) − p √pᵀ (column c: √p_c (e_c − p)), whose columns satisfy S₀ √p = 0.
+
+    S = S₀ H without its first column, H = I − v vᵀ / (1 + √p_0), v = √p + e_0, the reflection
+    with H e_0 = −√p: S₀ H e_0 = 0, so dropping it keeps S Sᵀ = S₀ H Hᵀ S₀ᵀ = S₀ S₀ᵀ
+    (1 + √p_0 ≥ 1: no cancellation). One backward pass fewer per batch.
+    """
     probs = torch.softmax(logits, dim=-1)
+    root = probs.sqrt()
     eye = torch.eye(probs.shape[-1], dtype=probs.dtype, device=probs.device)
-    return (eye - probs.unsqueeze(-1)) * probs.sqrt().unsqueeze(-2)
+    full = (eye - probs.unsqueeze(-1)) * root.unsqueeze(-2)  # S₀ [N, C, C]
+    scale = (root[:, 1:] / (1 + root[:, :1])).unsqueeze(-2)  # v[1:] / (1 + √p_0)  [N, 1, C − 1]
+    return full[..., 1:] - full[..., :1] * scale
 
 
 def backpropagate(
-    model: nn.Module, layers: list[Layer], inputs: torch.Tensor, columns
+    model: nn.Module, layers: list[Layer], inputs: torch.Tensor, columns, workspace=None
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """One forward pass, then one backward pass per column of S.
 
@@ -167,57 +198,102 @@ def backpropagate(
         inputs: x [N, ...].
         columns: logits [N, C] → S [N, C, R]; the output gradients of column r are
             J_nᵀ S[n, :, r] at each layer's output.
+        workspace: a dict of buffers reused across calls (`chain.backpropagate`), or None.
 
     Returns:
-        logits [N, C] (detached), a [N, T, K] per layer, g [R, N, O, T] per layer.
+        logits [N, C] (detached), a [N, T, K] per layer (`layer_inputs`), g [N, R, O, T] per
+        layer (the R columns of each example side by side, for one product per example).
     """
+    modules = [layer.module for layer in layers]
+    swept = chain.backpropagate(model, modules, inputs, columns, workspace)
+    if swept is not None:
+        logits, recorded_in, grads = swept
+        rows_g = [output_rows(L, grad, batch_dims=2) for L, grad in zip(layers, grads, strict=True)]
+    else:
+        logits, recorded_in, rows_g = _autograd_columns(model, layers, inputs, columns)
+    rows_in = [layer_inputs(layer, x) for layer, x in zip(layers, recorded_in, strict=True)]
+    return logits, rows_in, rows_g
+
+
+def _autograd_columns(model: nn.Module, layers: list[Layer], inputs: torch.Tensor, columns):
+    """Output gradients [N, R, O, T] per layer from one autograd backward pass per column."""
     with torch.enable_grad(), recording(layers) as (recorded_in, recorded_out):
         logits = model(inputs)
         sqrt = columns(logits.detach())
+        count, rank = inputs.shape[0], sqrt.shape[-1]
+        rows_g = [
+            out.new_empty(count, rank, layer.out_features, out[0].numel() // layer.out_features)
+            for layer, out in zip(layers, recorded_out, strict=True)
+        ]
         # one backward pass per column (faster on CPU than vmapping them: max-pool backward
         # has no batching rule)
-        per_column = [
-            torch.autograd.grad(logits, recorded_out, sqrt[:, :, r], retain_graph=True)
-            for r in range(sqrt.shape[-1])
-        ]
-    grads = [torch.stack(column) for column in zip(*per_column, strict=True)]
-    rows_in = [layer_inputs(layer, x) for layer, x in zip(layers, recorded_in, strict=True)]
-    rows_out = [output_rows(layer, g) for layer, g in zip(layers, grads, strict=True)]
-    return logits.detach(), rows_in, rows_out
+        for r in range(rank):
+            grads = torch.autograd.grad(
+                logits, recorded_out, sqrt[:, :, r], retain_graph=r < rank - 1
+            )
+            for layer, rows, grad in zip(layers, rows_g, grads, strict=True):
+                rows[:, r] = output_rows(layer, grad)
+    return logits.detach(), recorded_in, rows_g
+
+
+def output_rows(layer: Layer, grads: torch.Tensor, batch_dims: int = 1) -> torch.Tensor:
+    """Output gradients [*batch, *out] → g [*batch, O, T] (channels first, as in Conv2d)."""
+    if isinstance(layer.module, nn.Conv2d):
+        return grads.flatten(batch_dims + 1)
+    return grads.reshape(*grads.shape[:batch_dims], -1, grads.shape[-1]).transpose(-1, -2)
+
+
+def diagonal_ggn(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact diagonal GGN of one layer over a batch: weight [O, K] (a's column order), bias [O].
+
+    Conv2d: per example the product [g_1; …; g_R] a [R·O, K] of all R columns' gradients, all
+    at once when no larger than g (K ≤ T), else one example at a time with its squares summed
+    in place (a Linear layer, T = 1, has the closed form Σ_r g² a²).
+    """
+    count, rank, out, positions = g.shape
+    bias = g.sum(-1).square().sum((0, 1))
+    if positions == 1:
+        return g[..., 0].square().sum(1).T @ a[:, 0].square(), bias
+    rows = g.reshape(count, rank * out, positions)
+    if a.shape[-1] <= positions:
+        total = torch.bmm(rows, a).square_().sum(0).T
+    else:
+        total = a.new_zeros(a.shape[-1], rank * out)
+        grad = torch.empty_like(total)
+        for a_n, g_n in zip(a, rows, strict=True):
+            torch.mm(a_n.T, g_n.T, out=grad)  # per-example gradients, transposed
+            total.addcmul_(grad, grad)
+    return total.view(-1, rank, out).sum(1).T, bias
+
+
+def kfac_factors(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """KFAC-expand sums of one batch: Σ_n 1/T Σ_t a aᵀ [K, K] and Σ_{n,r,t} g gᵀ [O, O]."""
+    out = g.shape[2]
+    if g.permute(0, 3, 1, 2).is_contiguous():  # position-major: the rows are a view
+        rows_g = g.permute(0, 3, 1, 2).reshape(-1, out)
+        g_sum = rows_g.T @ rows_g
+    else:  # [N·T·R, O] rows, a few examples at a time (each a transposing copy)
+        g_sum = g.new_zeros(out, out)
+        for part in g.split(max(1, 2**20 // g[0].numel())):
+            rows_g = part.permute(0, 3, 1, 2).reshape(-1, out)
+            g_sum.addmm_(rows_g.T, rows_g)
+    rows_a = a.reshape(-1, a.shape[-1])
+    return rows_a.T @ rows_a / a.shape[1], g_sum
 
 
 def per_example_sq_sum(a: torch.Tensor, g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Σ_{o,k} (Σ_t g_{r,n,o,t} a_{n,t,k})² w_{o,k} for every r, n: [R, N].
+    """Σ_{o,k} (Σ_t g_{n,r,o,t} a_{n,t,k})² w_{o,k} for every n, r: [N, R].
 
     A Linear layer (T = 1) uses the closed form Σ_o g² (a² w) with no per-example gradient.
     """
     if a.shape[1] == 1:
-        return torch.einsum("rno,nk,ok->rn", g[..., 0].square(), a[:, 0].square(), weight)
+        return torch.einsum("nro,nk,ok->nr", g[..., 0].square(), a[:, 0].square(), weight)
     out = []
     for start in range(0, a.shape[0], CONV_CHUNK):
         part = slice(start, start + CONV_CHUNK)
-        grads = torch.matmul(g[:, part], a[part])  # per-example gradients [R, n, O, K]
-        out.append(torch.einsum("rnok,ok->rn", grads.square_(), weight))
-    return torch.cat(out, dim=1)
-
-
-def diagonal_ggn(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact diagonal GGN of one layer over a batch: weight [O, K] and bias [O]."""
-    bias = g.sum(-1).square().sum((0, 1))
-    if a.shape[1] == 1:
-        return torch.einsum("no,nk->ok", g[..., 0].square().sum(0), a[:, 0].square()), bias
-    weight = torch.zeros(g.shape[2], a.shape[-1], dtype=a.dtype, device=a.device)
-    for start in range(0, a.shape[0], CONV_CHUNK):
-        part = slice(start, start + CONV_CHUNK)
-        weight += torch.matmul(g[:, part], a[part]).square_().sum((0, 1))
-    return weight, bias
-
-
-def kfac_factors(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """KFAC-expand sums of one batch: Σ_n 1/T Σ_t a aᵀ [K, K] and Σ_{r,n,t} g gᵀ [O, O]."""
-    rows_a = a.reshape(-1, a.shape[-1])
-    rows_g = g.reshape(-1, *g.shape[2:])
-    return rows_a.T @ rows_a / a.shape[1], torch.einsum("bot,bpt->op", rows_g, rows_g)
+        grads = torch.matmul(g[part], a[part].unsqueeze(1))  # per-example gradients [n, R, O, K]
+        out.append(torch.einsum("nrok,ok->nr", grads.square_(), weight))
+    return torch.cat(out)
 
 
 Block = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
@@ -255,7 +331,7 @@ def glm_variance(
     rows_a: list[torch.Tensor],
     rows_g: list[torch.Tensor],
 ) -> torch.Tensor:
-    """diag(J H⁻¹ Jᵀ) [R, N] from the layers' inputs a and output Jacobian rows g (R = C).
+    """diag(J H⁻¹ Jᵀ) [N, R] from the layers' inputs a and output Jacobian rows g (R = C).
 
     Each block is rotated into its eigenbasis (g ← leftᵀ g, a ← a right), where H⁻¹ is diagonal.
     """
@@ -264,9 +340,13 @@ def glm_variance(
     for layer, a, g in zip(layers, rows_a, rows_g, strict=True):
         (eig, left, right), delta = next(pending)
         cast = {"dtype": a.dtype}
-        a_rot = a if right is None else a @ right.to(**cast)
+        inverse, order = (1 / (eig + delta)).to(**cast), patch_order(layer)
+        if right is not None:  # the basis's rows in a's (patch) column order
+            a = a @ (right if order is None else right[order.to(right.device)]).to(**cast)
+        elif order is not None:
+            inverse = inverse[:, order.to(inverse.device)]
         g_rot = g if left is None else left.to(**cast).T @ g
-        variance = variance + per_example_sq_sum(a_rot, g_rot, (1 / (eig + delta)).to(**cast))
+        variance = variance + per_example_sq_sum(a, g_rot, inverse)
         if layer.has_bias:
             (eig, left, _), delta = next(pending)
             g_bias = (g if left is None else left.to(**cast).T @ g).sum(-1)

@@ -45,6 +45,7 @@ from torch import nn
 from swag.errors import UserError
 from swag.posteriors import curvature
 from swag.posteriors.base import Posterior, register_posterior
+from swag.posteriors.ggn_sums import ggn_sums
 from swag.posteriors.methods import Method, register_method
 
 HESSIANS = ("diag", "kron")
@@ -145,49 +146,32 @@ class Laplace(Posterior):
             / 2
         )
 
-    def fit(self, loader: Iterable, progress: bool = False) -> Laplace:
+    def fit(self, loader: Iterable, progress: bool = False, workers: int = 1) -> Laplace:
         """Accumulate log p(D|θ*) and the GGN over `loader` (batches (x, y)) at the current weights.
 
-        The model is put in eval mode (BatchNorm running statistics; no dropout).
+        The model is put in eval mode (BatchNorm running statistics; no dropout). `workers`:
+        threads sharing the sub-batches on a CPU (`ggn_sums`; 1: the calling thread).
         """
-        from tqdm import tqdm
-
-        self.model.eval()
-        device = self.mean.device
-        diag = [torch.zeros(p.shape, dtype=torch.float64, device=device) for p in self.params]
-        a_sums = [torch.zeros(L.in_features, L.in_features, **_f64(device)) for L in self.layers]
-        g_sums = [torch.zeros(L.out_features, L.out_features, **_f64(device)) for L in self.layers]
-        log_lik, count = torch.zeros((), dtype=torch.float64, device=device), 0
-        for inputs, targets in tqdm(loader, desc="Laplace GGN", disable=not progress, leave=False):
-            inputs, targets = inputs.to(device), targets.to(device)
-            logits, rows_a, rows_g = curvature.backpropagate(
-                self.model, self.layers, inputs, self._hessian_sqrt
-            )
-            log_lik += self._batch_log_likelihood(logits, targets).double()
-            count += inputs.shape[0]
-            with torch.no_grad():
-                index = 0
-                for i, layer in enumerate(self.layers):
-                    if self.hessian == "diag":
-                        weight, bias = curvature.diagonal_ggn(rows_a[i], rows_g[i])
-                        diag[index] += weight.reshape(diag[index].shape)
-                        if layer.has_bias:
-                            diag[index + 1] += bias
-                    else:
-                        a_sum, g_sum = curvature.kfac_factors(rows_a[i], rows_g[i])
-                        a_sums[i] += a_sum
-                        g_sums[i] += g_sum
-                    index += 1 + layer.has_bias
-        if count == 0:
+        sums = ggn_sums(
+            self.model, self.layers, self.subset, self.hessian, loader, self._hessian_sqrt,
+            self._batch_log_likelihood, workers, progress,
+        )  # fmt: skip
+        if sums.count == 0:
             raise UserError("the Laplace fit got no training examples; pass a non-empty loader")
         with torch.no_grad():
             self.mean.copy_(torch.cat([p.detach().reshape(-1) for p in self.params]))
-            self.log_likelihood.copy_(log_lik)
-            self.num_data.fill_(count)
+            self.log_likelihood.copy_(sums.log_lik)
+            self.num_data.fill_(sums.count)
+            index = 0
+            for i, layer in enumerate(self.layers):  # patch order → the weight's order
+                sums.diag[index] = curvature.to_weight_order(layer, sums.diag[index], (1,))
+                if self.hessian == "kron":
+                    sums.a[i] = curvature.to_weight_order(layer, sums.a[i], (0, 1))
+                index += 1 + layer.has_bias
             if self.hessian == "diag":
-                self.ggn_diag.copy_(torch.cat([d.reshape(-1) for d in diag]))
+                self.ggn_diag.copy_(torch.cat([d.reshape(-1) for d in sums.diag]))
             for i in range(len(self.layers) if self.hessian == "kron" else 0):
-                for name, factor in (("a", a_sums[i] / count), ("g", g_sums[i])):
+                for name, factor in (("a", sums.a[i] / sums.count), ("g", sums.g[i])):
                     values, vectors = torch.linalg.eigh(factor)
                     getattr(self, f"{name}_eigvals_{i}").copy_(values.clamp(min=0))
                     getattr(self, f"{name}_eigvecs_{i}").copy_(vectors)
@@ -344,7 +328,7 @@ class Laplace(Posterior):
         variance = curvature.glm_variance(
             self.layers, self.blocks(), self.prior_precision, rows_a, rows_g
         )
-        return logits, variance.T
+        return logits, variance
 
     def predictive(self, inputs: torch.Tensor, link: str = "probit") -> torch.Tensor:
         """GLM predictive class probabilities [N, C] with the probit approximation.
