@@ -43,10 +43,10 @@ from swag import triangular
 PRIOR_JITTER = 1e-3  # added to the prior covariance (gpytorch's `add_jitter()` default)
 PREDICTIVE_JITTER = 1e-4  # gpytorch's variational Cholesky jitter for float32 models
 QUADRATURE_POINTS = 20  # gpytorch's Gauss–Hermite default
-# n×n matrices at the peak of a training step: in the parameters' dtype D², C (then V), L,
-# its gradient, Adam's two moments and one transient (the Cholesky's copy, or the inverse's
-# two quarter-size blocks); in the product dtype L's copy, P⁻¹ and A, plus V's copy if the
-# dtypes differ.
+# n×n matrices at the peak of a training step: in the parameters' dtype D², C, L, its
+# gradient, Adam's two moments and one transient (the Cholesky's copy, or the inverse's two
+# quarter-size blocks); in the product dtype L's copy, P⁻¹ and A, plus V and D² if the dtypes
+# differ (V overwrites C when they do not).
 MODEL_MATRICES, PRODUCT_MATRICES = 7, 3
 
 GPYTORCH_NAMES = {
@@ -78,7 +78,7 @@ def largest_n(
 
 def _bytes_per_entry(dtype: torch.dtype, product_dtype: torch.dtype | None) -> int:
     product_dtype = product_dtype or dtype
-    products = PRODUCT_MATRICES + (product_dtype != dtype)
+    products = PRODUCT_MATRICES + 2 * (product_dtype != dtype)
     return MODEL_MATRICES * dtype.itemsize + products * product_dtype.itemsize
 
 
@@ -153,10 +153,10 @@ class DenseVariationalGP(torch.nn.Module):
     def negative_elbo(self, labels: torch.Tensor, backward: bool = True) -> float:
         """−ELBO/n at the current parameters; with `backward`, its gradients go to `.grad`.
 
-        The n×n work after the Cholesky factorisation C of P runs in `product_dtype`:
-        V = C⁻¹, P⁻¹ = VᵀV, A = P⁻¹L, then G = ½(P⁻¹ − AAᵀ − bbᵀ) row block by row block,
-        overwriting P⁻¹ (see `swag.triangular`). The n×n buffers are kept between calls, so
-        L's gradient is the same tensor at every step.
+        After the Cholesky factorisation C of P (in the parameters' dtype) the n×n work runs
+        in `product_dtype`: V = C⁻¹, P⁻¹ = VᵀV, A = P⁻¹L, then G = ½(P⁻¹ − AAᵀ − bbᵀ) row
+        block by row block, overwriting P⁻¹ (see `swag.triangular`). The n×n buffers are kept
+        between calls, so L's gradient is the same tensor at every step.
 
         Args:
             labels: [n] in {0, 1}.
@@ -169,10 +169,11 @@ class DenseVariationalGP(torch.nn.Module):
         logdet_var = chol_var.diagonal().square().log().sum()
         low = self._buffer("low", self.product_dtype)
         var = triangular.lower_copy_(chol_var, low)  # diag(S) = row norms of L
-        inverse = triangular.lower_inverse_(factor)  # V = C⁻¹, over C
-        solved_delta = inverse.T @ (inverse @ delta)  # b = P⁻¹δ
-        if self.product_dtype != inverse.dtype:
-            inverse = self._buffer("inverse", self.product_dtype).copy_(inverse)
+        solved_delta = torch.cholesky_solve(delta[:, None], factor)[:, 0]  # b = P⁻¹δ
+        inverse = factor
+        if self.product_dtype != factor.dtype:
+            inverse = self._buffer("inverse", self.product_dtype).copy_(factor)
+        triangular.lower_inverse_(inverse)  # V = C⁻¹
         product = self._buffer("product", self.product_dtype)
         if backward:
             pinv = triangular.gram_(inverse, self._buffer("pinv", self.product_dtype))
@@ -232,13 +233,21 @@ class DenseVariationalGP(torch.nn.Module):
         G = ½(P⁻¹ − AAᵀ − bbᵀ) formed in place of P⁻¹; R recomputed per block from D²."""
         n, sums = pinv.shape[0], torch.zeros(2, dtype=torch.float64)
         solved = solved_delta.to(pinv.dtype)
+        distances = self.sq_dist
+        if pinv.dtype != distances.dtype:  # the elementwise passes run 4x faster in float32
+            distances = self._workspace.get("sq_dist")
+            if distances is None or (distances.dtype, distances.device) != (
+                pinv.dtype,
+                pinv.device,
+            ):
+                distances = self._workspace["sq_dist"] = self.sq_dist.to(pinv.dtype)
         exponent = -0.5 / self.lengthscale.detach() ** 2
         for start in range(0, n, triangular.BLOCK):
             rows, stop = slice(start, start + triangular.BLOCK), min(start + triangular.BLOCK, n)
             block = pinv[rows, :stop]
             block.addmm_(product[rows], product[:stop].T, alpha=-1.0)
             block.addr_(solved[rows], solved[:stop], alpha=-1.0)
-            sq_dist = self.sq_dist[rows, :stop]
+            sq_dist = distances[rows, :stop]
             block.mul_(torch.mul(sq_dist, exponent).exp_())
             for k in range(2):  # a block left of the diagonal also stands for its transpose
                 sums[k] += 2.0 * block[:, :start].sum(dtype=torch.float64)

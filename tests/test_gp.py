@@ -122,7 +122,7 @@ def test_evidence_falls_with_label_noise():
 
 def test_memory_estimate_and_largest_n():
     assert gp.dense_memory_bytes(10_000) == 10 * 10_000**2 * 8
-    assert gp.dense_memory_bytes(10_000, torch.float64, torch.float32) == 7.2e9
+    assert gp.dense_memory_bytes(10_000, torch.float64, torch.float32) == 7.6e9
     for products in (None, torch.float32):
         n = gp.largest_n(6 * 2**30, torch.float64, products)
         memory = [gp.dense_memory_bytes(m, torch.float64, products) for m in (n, n + 1)]
