@@ -102,7 +102,10 @@ def lower_copy_(source: torch.Tensor, out: torch.Tensor, block: int = BLOCK) -> 
     """
     norms = []
     for start in range(0, source.shape[0], block):
-        rows = source[start : start + block, : start + block].tril(start)
-        out[start : start + block, : start + block] = rows
-        norms.append(rows.square().sum(1))
+        rows, stop = slice(start, start + block), start + block
+        out[rows, :start] = source[rows, :start]
+        diagonal = source[rows, start:stop].tril()
+        out[rows, start:stop] = diagonal
+        left = torch.linalg.vector_norm(source[rows, :start], dim=1).square()
+        norms.append(left + diagonal.square().sum(1))
     return torch.cat(norms)

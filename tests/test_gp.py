@@ -142,3 +142,11 @@ def test_float32_products_keep_the_gradients():
         scale = expected.grad.abs().max().item()
         assert actual.grad.dtype == torch.float64, name
         torch.testing.assert_close(actual.grad, expected.grad, rtol=0, atol=1e-4 * scale)
+
+
+def test_solve_with_cholesky_matches_torch():
+    x, _ = toy_problem(200)
+    factor = torch.linalg.cholesky(torch.exp(-gp.squared_distances(x, x)) + torch.eye(200))
+    vector = torch.linspace(-1.0, 1.0, 200, dtype=torch.float64)
+    expected = torch.cholesky_solve(vector[:, None], factor)[:, 0]
+    torch.testing.assert_close(gp.solve_with_cholesky(factor, vector), expected)
