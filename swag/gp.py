@@ -137,7 +137,9 @@ class DenseVariationalGP(torch.nn.Module):
         self.variational_mean = torch.nn.Parameter(1e-3 * noise.to(train_x.device))
         with torch.no_grad():
             chol = torch.linalg.cholesky(self.prior_covariance(self.correlation()))
-        self.chol_variational_covar = torch.nn.Parameter(chol)
+        # Row-major like its gradient: LAPACK returns a column-major factor, and a fused Adam
+        # step pairs parameter and gradient entries by memory position.
+        self.chol_variational_covar = torch.nn.Parameter(chol.contiguous())
         self._workspace: dict[str, torch.Tensor] = {}
 
     @property

@@ -150,3 +150,18 @@ def test_solve_with_cholesky_matches_torch():
     vector = torch.linspace(-1.0, 1.0, 200, dtype=torch.float64)
     expected = torch.cholesky_solve(vector[:, None], factor)[:, 0]
     torch.testing.assert_close(gp.solve_with_cholesky(factor, vector), expected)
+
+
+def test_fit_equals_plain_adam():
+    """`fit`'s fused Adam takes the same steps as `torch.optim.Adam`'s default loop."""
+    x, y = toy_problem(100)
+    fused = gp.DenseVariationalGP(x, torch.Generator().manual_seed(0))
+    history = gp.fit(fused, y, 5, progress=False)
+    plain = gp.DenseVariationalGP(x, torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(plain.parameters(), lr=0.1, fused=False)
+    for expected in history:
+        optimizer.zero_grad()
+        assert plain.negative_elbo(y) == pytest.approx(expected, rel=1e-9)
+        optimizer.step()
+    for a, b in zip(fused.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
