@@ -22,9 +22,9 @@ Gauss–Hermite quadrature, as gpytorch) needs only m and diag(S). The KL's grad
 computed from P = CCᵀ (Cholesky, n³/3 flops), V = C⁻¹ (n³/3), P⁻¹ = VᵀV (n³/3), A = P⁻¹L
 using the zeros of L (n³) and the lower half of AAᵀ (n³): about 3n³ flops per step, all exact,
 as blocked matrix products (`swag.triangular`; LAPACK's `potri` runs at a fraction of their
-speed). The factorisations stay in the parameters' dtype; the products (P⁻¹, A, AAᵀ) may run in
-float32 (`product_dtype`), about twice as fast on CPUs. gpytorch's default path (conjugate
-gradients and stochastic Lanczos log-determinants for n > 800) is slower and noisy.
+speed). The Cholesky factorisation stays in the parameters' dtype; the rest (V, P⁻¹, A, AAᵀ)
+may run in float32 (`product_dtype`), about twice as fast on CPUs. gpytorch's default path
+(conjugate gradients and stochastic Lanczos log-determinants for n > 800) is slower and noisy.
 
 Test predictions follow gpytorch's eval path, with K̃ = σ²R + 10⁻⁴ I (its float32 jitter):
 μ_* = c + K_*X K̃⁻¹ δ, v_* = σ² − diag(K_*X K̃⁻¹ K_X*) + ‖Lᵀ K̃⁻¹ K_X*‖², p(y=1) = Φ(μ_*/√(1+v_*)).
@@ -112,10 +112,11 @@ class DenseVariationalGP(torch.nn.Module):
         train_x: [n, d] inputs (already scaled), in the dtype of the parameters and of the
             Cholesky factorisations.
         generator: draws the initial m = c + 10⁻³ ε, as gpytorch's initialisation.
-        product_dtype: dtype of the products P⁻¹ = VᵀV, A = P⁻¹L and AAᵀ, 7/3 of the 3n³
-            flops (default: train_x's). float32 about halves their cost; beside float64
-            factorisations, 40 Adam steps on 2,000 Fashion-MNIST images kept −ELBO/n within
-            10⁻⁴ of its value (relative) and the hyperparameters to 5 digits.
+        product_dtype: dtype of V = C⁻¹ and the products P⁻¹ = VᵀV, A = P⁻¹L and AAᵀ, 8/3 of
+            the 3n³ flops (default: train_x's). float32 about halves their cost; beside a float64
+            Cholesky factor, 40 Adam steps on 2,000 Fashion-MNIST images kept −ELBO/n within
+            1.1·10⁻⁴ of float64's (relative) at every step, σ² and ℓ to 5 digits, and
+            the probabilities at the training inputs within 3·10⁻³.
     """
 
     def __init__(
