@@ -69,10 +69,10 @@ def check_counts(args: argparse.Namespace) -> None:
 
 
 def check_memory(n: int, args: argparse.Namespace) -> None:
-    dtype = DTYPES[args.dtype]
-    needed = gp.dense_memory_bytes(n, dtype)
+    dtype, products = DTYPES[args.dtype], DTYPES[args.products or args.dtype]
+    needed = gp.dense_memory_bytes(n, dtype, products)
     if needed > args.memory_gib * 2**30:
-        fits = gp.largest_n(args.memory_gib * 2**30, dtype)
+        fits = gp.largest_n(args.memory_gib * 2**30, dtype, products)
         raise UserError(
             f"a dense GP on {n} points needs about {needed / 2**30:.1f} GiB for its {n}×{n} "
             f"matrices, over --memory_gib {args.memory_gib:g}; pass --n_train {fits} or less "
