@@ -125,6 +125,9 @@ def test_bad_input(prepared, tmp_path):
         gp_train_binary_corrupted.main([*base, "--classes", "0", "12"])
     with pytest.raises(UserError, match="pass --n_train 1"):
         gp_train_binary_corrupted.main([*base, "--n_train", "30", "--memory_gib", "1e-7"])
+    # 10⁷ points need 6.4 PB of n×n matrices: over any machine's available memory (the default)
+    with pytest.raises(UserError, match="80% of the memory available"):
+        gp_train_binary_corrupted.main([*base, "--n_train", "10000000"])
     with pytest.raises(UserError, match="only 40 images"):
         gp_train_binary_corrupted.main([*base, "--classes", "0", "1", "--n_train", "41"])
     assert (root / "binary" / "bin_model_corrupted0.json").read_bytes() == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -47,7 +48,10 @@ def add_gp_arguments(parser: argparse.ArgumentParser) -> None:
         help="dtype of the two n³ products (default --dtype; float32 halves their cost)",
     )
     parser.add_argument(
-        "--memory_gib", type=positive_float, default=6.0, help="limit for n×n matrices"
+        "--memory_gib",
+        type=positive_float,
+        default=None,
+        help="limit for n×n matrices (default: 80%% of the memory available now)",
     )
     parser.add_argument("--seed", type=non_negative_int, default=1, metavar="S")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
@@ -68,15 +72,29 @@ def check_counts(args: argparse.Namespace) -> None:
         check_memory(args.n_train, args)
 
 
+def available_memory_bytes() -> int:
+    """Memory the kernel could give this process now (MemAvailable; free pages elsewhere)."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def check_memory(n: int, args: argparse.Namespace) -> None:
     dtype, products = DTYPES[args.dtype], DTYPES[args.products or args.dtype]
     needed = gp.dense_memory_bytes(n, dtype, products)
-    if needed > args.memory_gib * 2**30:
-        fits = gp.largest_n(args.memory_gib * 2**30, dtype, products)
+    if args.memory_gib is None:
+        limit, source = 0.8 * available_memory_bytes(), "80% of the memory available"
+    else:
+        limit, source = args.memory_gib * 2**30, f"--memory_gib {args.memory_gib:g}"
+    if needed > limit:
+        fits = gp.largest_n(limit, dtype, products)
         raise UserError(
             f"a dense GP on {n} points needs about {needed / 2**30:.1f} GiB for its {n}×{n} "
-            f"matrices, over --memory_gib {args.memory_gib:g}; pass --n_train {fits} or less "
-            "(or raise --memory_gib)"
+            f"matrices, over {source} ({limit / 2**30:.1f} GiB); pass --n_train {fits} or "
+            "less (or raise --memory_gib on a machine with more memory)"
         )
 
 
