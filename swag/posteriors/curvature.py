@@ -188,7 +188,12 @@ def softmax_hessian_sqrt(logits: torch.Tensor) -> torch.Tensor:
 
 
 def backpropagate(
-    model: nn.Module, layers: list[Layer], inputs: torch.Tensor, columns, workspace=None
+    model: nn.Module,
+    layers: list[Layer],
+    inputs: torch.Tensor,
+    columns,
+    workspace=None,
+    unfold: bool = True,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """One forward pass, then one backward pass per column of S.
 
@@ -199,6 +204,7 @@ def backpropagate(
         columns: logits [N, C] → S [N, C, R]; the output gradients of column r are
             J_nᵀ S[n, :, r] at each layer's output.
         workspace: a dict of buffers reused across calls (`chain.backpropagate`), or None.
+        unfold: give Conv2d layers' inputs as patch rows; False: as they are [N, C, H, W].
 
     Returns:
         logits [N, C] (detached), a [N, T, K] per layer (`layer_inputs`), g [N, R, O, T] per
@@ -211,7 +217,10 @@ def backpropagate(
         rows_g = [output_rows(L, grad, batch_dims=2) for L, grad in zip(layers, grads, strict=True)]
     else:
         logits, recorded_in, rows_g = _autograd_columns(model, layers, inputs, columns)
-    rows_in = [layer_inputs(layer, x) for layer, x in zip(layers, recorded_in, strict=True)]
+    rows_in = [
+        layer_inputs(layer, x) if unfold or not isinstance(layer.module, nn.Conv2d) else x
+        for layer, x in zip(layers, recorded_in, strict=True)
+    ]
     return logits, rows_in, rows_g
 
 
@@ -266,19 +275,61 @@ def diagonal_ggn(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.
     return total.view(-1, rank, out).sum(1).T, bias
 
 
+def row_products(layer: Layer, inputs: torch.Tensor) -> list[torch.Tensor] | None:
+    """Products of kernel-row slices that make up Σ_n Σ_t a aᵀ of a stride-1 Conv2d, or None.
+
+    The patch at output position (y, x) is the kernel rows i = 0..k_h − 1 of the padded input,
+    each b_{y+i,x} = (x_p[c, y+i, x+j])_{j,c} [k_w·C]. So the block (i, i + δ) of Σ_t a aᵀ is
+    Σ_{y<H'} F_δ[y + i] with F_δ[u] = Σ_{n,x} b_{u,x} b_{u+δ,x}ᵀ: the products are shared by
+    every kernel-row pair at the same offset δ (`input_factor`): about k_h·H'/H_p times fewer
+    products than Σ a aᵀ directly.
+
+    Returns:
+        F_δ [H_p − δ, k_w·C, k_w·C] for δ = 0..k_h − 1 (None for a Linear layer or a strided
+        or dilated convolution).
+    """
+    module = layer.module
+    if not isinstance(module, nn.Conv2d) or module.stride != (1, 1) or module.dilation != (1, 1):
+        return None
+    kh, kw = module.kernel_size
+    ph, pw = module.padding
+    padded = F.pad(inputs, (pw, pw, ph, ph)).permute(2, 0, 3, 1)  # [H_p, N, W_p, C]
+    rows = padded.unfold(2, kw, 1).transpose(-1, -2)  # [H_p, N, W', k_w, C]
+    rows = rows.reshape(rows.shape[0], -1, kw * inputs.shape[1])
+    return [torch.bmm(rows[: len(rows) - d].mT, rows[d:]) for d in range(kh)]
+
+
+def input_factor(products: list[torch.Tensor]) -> torch.Tensor:
+    """Σ_n Σ_t a aᵀ [K, K] (patch order) from `row_products` summed over batches."""
+    kh, width = len(products), products[0].shape[-1]
+    out_h = products[0].shape[0] - kh + 1
+    total = products[0].new_empty(kh, width, kh, width)
+    for d, product in enumerate(products):
+        prefix = torch.cat([product.new_zeros(1, width, width), product.cumsum(0)])
+        windows = prefix[out_h : out_h + kh - d] - prefix[: kh - d]  # Σ_{y<H'} F_δ[y + i]
+        for i in range(kh - d):
+            total[i, :, i + d] = windows[i]
+            total[i + d, :, i] = windows[i].T
+    return total.reshape(kh * width, kh * width)
+
+
 def kfac_factors(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """KFAC-expand sums of one batch: Σ_n 1/T Σ_t a aᵀ [K, K] and Σ_{n,r,t} g gᵀ [O, O]."""
+    rows_a = a.reshape(-1, a.shape[-1])
+    return rows_a.T @ rows_a / a.shape[1], output_factor(g)
+
+
+def output_factor(g: torch.Tensor) -> torch.Tensor:
+    """Σ_{n,r,t} g gᵀ [O, O] of one batch, g [N, R, O, T]."""
     out = g.shape[2]
     if g.permute(0, 3, 1, 2).is_contiguous():  # position-major: the rows are a view
         rows_g = g.permute(0, 3, 1, 2).reshape(-1, out)
-        g_sum = rows_g.T @ rows_g
-    else:  # [N·T·R, O] rows, a few examples at a time (each a transposing copy)
-        g_sum = g.new_zeros(out, out)
-        for part in g.split(max(1, 2**20 // g[0].numel())):
-            rows_g = part.permute(0, 3, 1, 2).reshape(-1, out)
-            g_sum.addmm_(rows_g.T, rows_g)
-    rows_a = a.reshape(-1, a.shape[-1])
-    return rows_a.T @ rows_a / a.shape[1], g_sum
+        return rows_g.T @ rows_g
+    g_sum = g.new_zeros(out, out)  # [N·T·R, O] rows, a few examples at a time (copies)
+    for part in g.split(max(1, 2**20 // g[0].numel())):
+        rows_g = part.permute(0, 3, 1, 2).reshape(-1, out)
+        g_sum.addmm_(rows_g.T, rows_g)
+    return g_sum
 
 
 def per_example_sq_sum(a: torch.Tensor, g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
