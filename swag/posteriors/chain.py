@@ -157,22 +157,29 @@ def _kept_unchanged(segment: list[Call], modules: list[nn.Module]) -> bool:
     return True
 
 
-def _max_pool(call: Call, grad: torch.Tensor, count: int, mask: bool, workspace) -> torch.Tensor:
+def _max_pool(
+    call: Call, grad: torch.Tensor, count: int, mask: bool, workspace, channels_last: bool = False
+) -> torch.Tensor:
     """Scatter pooled gradients [N·R, C, h, w] to the argmax of each window: [N·R, C, H, W].
 
     The zeroed result lives in `workspace` (a dict kept by the caller across calls, keyed by the
     module): writing into memory used before is several times faster than into fresh pages.
+    `channels_last`: the result in channels-last memory (a view), the layout of KFAC's rows.
     """
     channels, height, width = call.inputs.shape[1:]
     pooled = grad.reshape(count, -1, channels, call.output.shape[2] * call.output.shape[3])
     if mask:  # the ReLU before the pool, at the argmax
         pooled = pooled * (call.output > 0).flatten(2).unsqueeze(1)
     index = call.indices.flatten(2).unsqueeze(1).expand_as(pooled)
-    shape = (count, pooled.shape[1], channels, height * width)
-    full = workspace.get(id(call.module))
+    shape = (count, pooled.shape[1], height * width, channels)
+    if not channels_last:
+        shape = (*shape[:2], channels, height * width)
+    key = id(call.module), channels_last
+    full = workspace.get(key)
     if full is None or full.shape != shape or full.dtype != grad.dtype:
-        full = workspace[id(call.module)] = grad.new_empty(shape)
-    return full.zero_().scatter_add_(3, index, pooled).view(-1, channels, height, width)
+        full = workspace[key] = grad.new_empty(shape)
+    full = full.zero_().transpose(2, 3) if channels_last else full.zero_()
+    return full.scatter_add_(3, index, pooled).view(-1, channels, height, width)
 
 
 def _step(call: Call, grad: torch.Tensor, count: int, workspace: dict) -> torch.Tensor:
@@ -206,6 +213,7 @@ def backpropagate(
     inputs: torch.Tensor,
     columns,
     workspace: dict | None = None,
+    channels_last: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]] | None:
     """One no-grad forward pass and one backward sweep for all columns of S, or None.
 
@@ -216,6 +224,8 @@ def backpropagate(
         columns: logits [N, C] → S [N, C, R].
         workspace: buffers reused across calls (the gradients returned may live in them, so they
             are valid until the next call with the same workspace); None: fresh ones.
+        channels_last: the first posterior layer's output gradients, when a max-pool scatter
+            makes them, in channels-last memory.
 
     Returns:
         logits [N, C], each module's input, each module's output gradients [N, R, *out]
@@ -247,7 +257,7 @@ def backpropagate(
         if isinstance(call.module, nn.MaxPool2d):
             fused = isinstance(calls[index - 1].module, nn.ReLU)
             index -= 1 + fused
-            grad = _max_pool(call, flat, count, fused, workspace)
+            grad = _max_pool(call, flat, count, fused, workspace, channels_last and index == first)
             continue
         grad = _step(call, flat, count, workspace)
         index -= 1

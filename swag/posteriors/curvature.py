@@ -193,7 +193,7 @@ def backpropagate(
     inputs: torch.Tensor,
     columns,
     workspace=None,
-    unfold: bool = True,
+    kfac: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """One forward pass, then one backward pass per column of S.
 
@@ -204,21 +204,22 @@ def backpropagate(
         columns: logits [N, C] → S [N, C, R]; the output gradients of column r are
             J_nᵀ S[n, :, r] at each layer's output.
         workspace: a dict of buffers reused across calls (`chain.backpropagate`), or None.
-        unfold: give Conv2d layers' inputs as patch rows; False: as they are [N, C, H, W].
+        kfac: for KFAC sums: Conv2d inputs as they are [N, C, H, W] (not unfolded), gradients
+            in position-major memory where the sweep can write them so.
 
     Returns:
         logits [N, C] (detached), a [N, T, K] per layer (`layer_inputs`), g [N, R, O, T] per
         layer (the R columns of each example side by side, for one product per example).
     """
     modules = [layer.module for layer in layers]
-    swept = chain.backpropagate(model, modules, inputs, columns, workspace)
+    swept = chain.backpropagate(model, modules, inputs, columns, workspace, kfac)
     if swept is not None:
         logits, recorded_in, grads = swept
         rows_g = [output_rows(L, grad, batch_dims=2) for L, grad in zip(layers, grads, strict=True)]
     else:
         logits, recorded_in, rows_g = _autograd_columns(model, layers, inputs, columns)
     rows_in = [
-        layer_inputs(layer, x) if unfold or not isinstance(layer.module, nn.Conv2d) else x
+        x if kfac and isinstance(layer.module, nn.Conv2d) else layer_inputs(layer, x)
         for layer, x in zip(layers, recorded_in, strict=True)
     ]
     return logits, rows_in, rows_g
@@ -322,9 +323,10 @@ def kfac_factors(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.
 def output_factor(g: torch.Tensor) -> torch.Tensor:
     """Σ_{n,r,t} g gᵀ [O, O] of one batch, g [N, R, O, T]."""
     out = g.shape[2]
-    if g.permute(0, 3, 1, 2).is_contiguous():  # position-major: the rows are a view
-        rows_g = g.permute(0, 3, 1, 2).reshape(-1, out)
-        return rows_g.T @ rows_g
+    for rows_g in (g.permute(0, 3, 1, 2), g.transpose(2, 3)):
+        if rows_g.is_contiguous():  # position-major: the rows are a view
+            rows_g = rows_g.reshape(-1, out)
+            return rows_g.T @ rows_g
     g_sum = g.new_zeros(out, out)  # [N·T·R, O] rows, a few examples at a time (copies)
     for part in g.split(max(1, 2**20 // g[0].numel())):
         rows_g = part.permute(0, 3, 1, 2).reshape(-1, out)

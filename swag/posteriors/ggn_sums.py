@@ -55,7 +55,7 @@ class Sums:
     def add(self, inputs: torch.Tensor, targets: torch.Tensor, columns, log_likelihood) -> None:
         """Add one sub-batch."""
         logits, rows_a, rows_g = curvature.backpropagate(
-            self.model, self.layers, inputs, columns, self.workspace, self.hessian == "diag"
+            self.model, self.layers, inputs, columns, self.workspace, self.hessian == "kron"
         )
         self.log_lik += log_likelihood(logits, targets).double()
         self.count += inputs.shape[0]
