@@ -277,23 +277,17 @@ def diagonal_ggn(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def row_products(layer: Layer, inputs: torch.Tensor) -> list[torch.Tensor] | None:
-    """Products of kernel-row slices that make up Σ_n Σ_t a aᵀ of a stride-1 Conv2d, or None.
+    """Kernel-row products that make up Σ_n Σ_t a aᵀ of a stride-1 Conv2d (else None).
 
-    The patch at output position (y, x) is the kernel rows i = 0..k_h − 1 of the padded input,
-    each b_{y+i,x} = (x_p[c, y+i, x+j])_{j,c} [k_w·C]. So the block (i, i + δ) of Σ_t a aᵀ is
-    Σ_{y<H'} F_δ[y + i] with F_δ[u] = Σ_{n,x} b_{u,x} b_{u+δ,x}ᵀ: the products are shared by
-    every kernel-row pair at the same offset δ (`input_factor`): about k_h·H'/H_p times fewer
-    products than Σ a aᵀ directly.
-
-    Returns:
-        F_δ [H_p − δ, k_w·C, k_w·C] for δ = 0..k_h − 1 (None for a Linear layer or a strided
-        or dilated convolution).
+    A patch is the kernel rows i < k_h of the padded input, b_{y+i,x} = (x_p[c, y+i, x+j])_{j,c}
+    [k_w·C], so block (i, i + δ) of Σ_t a aᵀ is Σ_{y<H'} F_δ[y + i], F_δ[u] = Σ_{n,x} b_{u,x}
+    b_{u+δ,x}ᵀ: products shared by all kernel-row pairs at offset δ (`input_factor`), about
+    k_h·H'/H_p times fewer than Σ a aᵀ. Returns F_δ [H_p − δ, k_w·C, k_w·C] for δ < k_h.
     """
     module = layer.module
     if not isinstance(module, nn.Conv2d) or module.stride != (1, 1) or module.dilation != (1, 1):
         return None
-    kh, kw = module.kernel_size
-    ph, pw = module.padding
+    (kh, kw), (ph, pw) = module.kernel_size, module.padding
     padded = F.pad(inputs, (pw, pw, ph, ph)).permute(2, 0, 3, 1)  # [H_p, N, W_p, C]
     rows = padded.unfold(2, kw, 1).transpose(-1, -2)  # [H_p, N, W', k_w, C]
     rows = rows.reshape(rows.shape[0], -1, kw * inputs.shape[1])
@@ -308,9 +302,8 @@ def input_factor(products: list[torch.Tensor]) -> torch.Tensor:
     for d, product in enumerate(products):
         prefix = torch.cat([product.new_zeros(1, width, width), product.cumsum(0)])
         windows = prefix[out_h : out_h + kh - d] - prefix[: kh - d]  # Σ_{y<H'} F_δ[y + i]
-        for i in range(kh - d):
-            total[i, :, i + d] = windows[i]
-            total[i + d, :, i] = windows[i].T
+        for i, window in enumerate(windows):
+            total[i, :, i + d], total[i + d, :, i] = window, window.T
     return total.reshape(kh * width, kh * width)
 
 
