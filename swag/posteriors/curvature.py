@@ -257,23 +257,23 @@ def diagonal_ggn(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.
     """Exact diagonal GGN of one layer over a batch: weight [O, K] (a's column order), bias [O].
 
     Conv2d: per example the product [g_1; …; g_R] a [R·O, K] of all R columns' gradients, all
-    at once when no larger than g (K ≤ T), else one example at a time with its squares summed
-    in place (a Linear layer, T = 1, has the closed form Σ_r g² a²).
+    at once when no larger than g (K ≤ T; with a column of ones for the bias), else one example
+    at a time with its squares summed in place (a Linear layer, T = 1: Σ_r g² a² directly).
     """
     count, rank, out, positions = g.shape
-    bias = g.sum(-1).square().sum((0, 1))
     if positions == 1:
-        return g[..., 0].square().sum(1).T @ a[:, 0].square(), bias
+        return g[..., 0].square().sum(1).T @ a[:, 0].square(), g[..., 0].square().sum((0, 1))
     rows = g.reshape(count, rank * out, positions)
     if a.shape[-1] <= positions:
-        total = torch.bmm(rows, a).square_().sum(0).T
-    else:
-        total = a.new_zeros(a.shape[-1], rank * out)
-        grad = torch.empty_like(total)
-        for a_n, g_n in zip(a, rows, strict=True):
-            torch.mm(a_n.T, g_n.T, out=grad)  # per-example gradients, transposed
-            total.addcmul_(grad, grad)
-    return total.view(-1, rank, out).sum(1).T, bias
+        with_ones = torch.cat([a, a.new_ones(count, positions, 1)], -1)
+        total = torch.bmm(rows, with_ones).square_().sum(0).T.reshape(-1, rank, out).sum(1)
+        return total[:-1].T, total[-1]
+    total = a.new_zeros(a.shape[-1], rank * out)
+    grad = torch.empty_like(total)
+    for a_n, g_n in zip(a, rows, strict=True):
+        torch.mm(a_n.T, g_n.T, out=grad)  # per-example gradients, transposed
+        total.addcmul_(grad, grad)
+    return total.view(-1, rank, out).sum(1).T, g.sum(-1).square().sum((0, 1))
 
 
 def row_products(layer: Layer, inputs: torch.Tensor) -> list[torch.Tensor] | None:
