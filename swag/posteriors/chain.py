@@ -179,7 +179,15 @@ def _max_pool(
     if full is None or full.shape != shape or full.dtype != grad.dtype:
         full = workspace[key] = grad.new_empty(shape)
     full = full.zero_().transpose(2, 3) if channels_last else full.zero_()
-    return full.scatter_add_(3, index, pooled).view(-1, channels, height, width)
+    kernel, stride, dilation = (
+        value if isinstance(value, tuple) else (value, value)
+        for value in (call.module.kernel_size, call.module.stride, call.module.dilation)
+    )
+    if all(s >= (k - 1) * d + 1 for k, s, d in zip(kernel, stride, dilation, strict=True)):
+        full.scatter_(3, index, pooled)  # disjoint windows: no position gets two gradients
+    else:
+        full.scatter_add_(3, index, pooled)
+    return full.view(-1, channels, height, width)
 
 
 def _step(call: Call, grad: torch.Tensor, count: int, workspace: dict) -> torch.Tensor:
