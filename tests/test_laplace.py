@@ -268,6 +268,10 @@ def test_chain_sweep_equals_autograd_and_other_networks_use_autograd():
     _, _, expected = curvature._autograd_columns(net, layers, inputs, columns)
     for ours, reference in zip(swept[2], expected, strict=True):
         torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-14)
+    kfac = curvature.backpropagate(net, layers, inputs, columns, kfac=True)  # channels-last
+    assert kfac[2][0].transpose(2, 3).is_contiguous()
+    for ours, reference in zip(kfac[2], expected, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-14)
     residual = Residual().double()
     inputs, _, loader = classification_data((2, 6, 6), dtype=torch.float64)
     diag = Laplace(residual, "diag").fit(loader)
@@ -308,6 +312,23 @@ def test_conv_patches_are_those_of_unfold():
     torch.testing.assert_close(patches, expected[..., order], rtol=0, atol=0)
     weight_order = curvature.to_weight_order(layer, patches, (2,))
     torch.testing.assert_close(weight_order, expected, rtol=0, atol=0)
+
+
+def test_conv_input_factor_from_row_products_is_the_sum_over_patches():
+    """Σ_t a aᵀ of a padded stride-1 convolution from shared kernel-row products, summed over
+    two batches, equals the sum over unfolded patches (float64, to 1e-12 relative)."""
+    conv = nn.Conv2d(3, 2, (3, 4), padding=(1, 2)).double()
+    layer = curvature.posterior_layers(nn.Sequential(conv), "all")[0]
+    batches = [torch.randn(n, 3, 7, 6, dtype=torch.float64) for n in (4, 5)]
+    patches = torch.cat([curvature.layer_inputs(layer, x) for x in batches]).flatten(0, 1)
+    products = [curvature.row_products(layer, x) for x in batches]
+    summed = [first + second for first, second in zip(*products, strict=True)]
+    expected = patches.T @ patches
+    torch.testing.assert_close(
+        curvature.input_factor(summed), expected, rtol=1e-12, atol=1e-12 * expected.abs().max()
+    )
+    strided = nn.Conv2d(3, 2, 3, stride=2)
+    assert curvature.row_products(curvature.posterior_layers(strided, "all")[0], batches[0]) is None
 
 
 @pytest.mark.parametrize("hessian", ["diag", "kron"])

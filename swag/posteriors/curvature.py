@@ -188,7 +188,12 @@ def softmax_hessian_sqrt(logits: torch.Tensor) -> torch.Tensor:
 
 
 def backpropagate(
-    model: nn.Module, layers: list[Layer], inputs: torch.Tensor, columns, workspace=None
+    model: nn.Module,
+    layers: list[Layer],
+    inputs: torch.Tensor,
+    columns,
+    workspace=None,
+    kfac: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """One forward pass, then one backward pass per column of S.
 
@@ -199,19 +204,24 @@ def backpropagate(
         columns: logits [N, C] → S [N, C, R]; the output gradients of column r are
             J_nᵀ S[n, :, r] at each layer's output.
         workspace: a dict of buffers reused across calls (`chain.backpropagate`), or None.
+        kfac: for KFAC sums: Conv2d inputs as they are [N, C, H, W] (not unfolded), gradients
+            in position-major memory where the sweep can write them so.
 
     Returns:
         logits [N, C] (detached), a [N, T, K] per layer (`layer_inputs`), g [N, R, O, T] per
         layer (the R columns of each example side by side, for one product per example).
     """
     modules = [layer.module for layer in layers]
-    swept = chain.backpropagate(model, modules, inputs, columns, workspace)
+    swept = chain.backpropagate(model, modules, inputs, columns, workspace, kfac)
     if swept is not None:
         logits, recorded_in, grads = swept
         rows_g = [output_rows(L, grad, batch_dims=2) for L, grad in zip(layers, grads, strict=True)]
     else:
         logits, recorded_in, rows_g = _autograd_columns(model, layers, inputs, columns)
-    rows_in = [layer_inputs(layer, x) for layer, x in zip(layers, recorded_in, strict=True)]
+    rows_in = [
+        x if kfac and isinstance(layer.module, nn.Conv2d) else layer_inputs(layer, x)
+        for layer, x in zip(layers, recorded_in, strict=True)
+    ]
     return logits, rows_in, rows_g
 
 
@@ -247,38 +257,74 @@ def diagonal_ggn(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.
     """Exact diagonal GGN of one layer over a batch: weight [O, K] (a's column order), bias [O].
 
     Conv2d: per example the product [g_1; …; g_R] a [R·O, K] of all R columns' gradients, all
-    at once when no larger than g (K ≤ T), else one example at a time with its squares summed
-    in place (a Linear layer, T = 1, has the closed form Σ_r g² a²).
+    at once when no larger than g (K ≤ T; with a column of ones for the bias), else one example
+    at a time with its squares summed in place (a Linear layer, T = 1: Σ_r g² a² directly).
     """
     count, rank, out, positions = g.shape
-    bias = g.sum(-1).square().sum((0, 1))
     if positions == 1:
-        return g[..., 0].square().sum(1).T @ a[:, 0].square(), bias
+        return g[..., 0].square().sum(1).T @ a[:, 0].square(), g[..., 0].square().sum((0, 1))
     rows = g.reshape(count, rank * out, positions)
     if a.shape[-1] <= positions:
-        total = torch.bmm(rows, a).square_().sum(0).T
-    else:
-        total = a.new_zeros(a.shape[-1], rank * out)
-        grad = torch.empty_like(total)
-        for a_n, g_n in zip(a, rows, strict=True):
-            torch.mm(a_n.T, g_n.T, out=grad)  # per-example gradients, transposed
-            total.addcmul_(grad, grad)
-    return total.view(-1, rank, out).sum(1).T, bias
+        with_ones = torch.cat([a, a.new_ones(count, positions, 1)], -1)
+        total = torch.bmm(rows, with_ones).square_().sum(0).T.reshape(-1, rank, out).sum(1)
+        return total[:-1].T, total[-1]
+    total = a.new_zeros(a.shape[-1], rank * out)
+    grad = torch.empty_like(total)
+    for a_n, g_n in zip(a, rows, strict=True):
+        torch.mm(a_n.T, g_n.T, out=grad)  # per-example gradients, transposed
+        total.addcmul_(grad, grad)
+    return total.view(-1, rank, out).sum(1).T, g.sum(-1).square().sum((0, 1))
+
+
+def row_products(layer: Layer, inputs: torch.Tensor) -> list[torch.Tensor] | None:
+    """Kernel-row products that make up Σ_n Σ_t a aᵀ of a stride-1 Conv2d (else None).
+
+    A patch is the kernel rows i < k_h of the padded input, b_{y+i,x} = (x_p[c, y+i, x+j])_{j,c}
+    [k_w·C], so block (i, i + δ) of Σ_t a aᵀ is Σ_{y<H'} F_δ[y + i], F_δ[u] = Σ_{n,x} b_{u,x}
+    b_{u+δ,x}ᵀ: products shared by all kernel-row pairs at offset δ (`input_factor`), about
+    k_h·H'/H_p times fewer than Σ a aᵀ. Returns F_δ [H_p − δ, k_w·C, k_w·C] for δ < k_h.
+    """
+    module = layer.module
+    if not isinstance(module, nn.Conv2d) or module.stride != (1, 1) or module.dilation != (1, 1):
+        return None
+    (kh, kw), (ph, pw) = module.kernel_size, module.padding
+    padded = F.pad(inputs, (pw, pw, ph, ph)).permute(2, 0, 3, 1)  # [H_p, N, W_p, C]
+    rows = padded.unfold(2, kw, 1).transpose(-1, -2)  # [H_p, N, W', k_w, C]
+    rows = rows.reshape(rows.shape[0], -1, kw * inputs.shape[1])
+    return [torch.bmm(rows[: len(rows) - d].mT, rows[d:]) for d in range(kh)]
+
+
+def input_factor(products: list[torch.Tensor]) -> torch.Tensor:
+    """Σ_n Σ_t a aᵀ [K, K] (patch order) from `row_products` summed over batches."""
+    kh, width = len(products), products[0].shape[-1]
+    out_h = products[0].shape[0] - kh + 1
+    total = products[0].new_empty(kh, width, kh, width)
+    for d, product in enumerate(products):
+        prefix = torch.cat([product.new_zeros(1, width, width), product.cumsum(0)])
+        windows = prefix[out_h : out_h + kh - d] - prefix[: kh - d]  # Σ_{y<H'} F_δ[y + i]
+        for i, window in enumerate(windows):
+            total[i, :, i + d], total[i + d, :, i] = window, window.T
+    return total.reshape(kh * width, kh * width)
 
 
 def kfac_factors(a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """KFAC-expand sums of one batch: Σ_n 1/T Σ_t a aᵀ [K, K] and Σ_{n,r,t} g gᵀ [O, O]."""
-    out = g.shape[2]
-    if g.permute(0, 3, 1, 2).is_contiguous():  # position-major: the rows are a view
-        rows_g = g.permute(0, 3, 1, 2).reshape(-1, out)
-        g_sum = rows_g.T @ rows_g
-    else:  # [N·T·R, O] rows, a few examples at a time (each a transposing copy)
-        g_sum = g.new_zeros(out, out)
-        for part in g.split(max(1, 2**20 // g[0].numel())):
-            rows_g = part.permute(0, 3, 1, 2).reshape(-1, out)
-            g_sum.addmm_(rows_g.T, rows_g)
     rows_a = a.reshape(-1, a.shape[-1])
-    return rows_a.T @ rows_a / a.shape[1], g_sum
+    return rows_a.T @ rows_a / a.shape[1], output_factor(g)
+
+
+def output_factor(g: torch.Tensor) -> torch.Tensor:
+    """Σ_{n,r,t} g gᵀ [O, O] of one batch, g [N, R, O, T]."""
+    out = g.shape[2]
+    for rows_g in (g.permute(0, 3, 1, 2), g.transpose(2, 3)):
+        if rows_g.is_contiguous():  # position-major: the rows are a view
+            rows_g = rows_g.reshape(-1, out)
+            return rows_g.T @ rows_g
+    g_sum = g.new_zeros(out, out)  # [N·T·R, O] rows, a few examples at a time (copies)
+    for part in g.split(max(1, 2**20 // g[0].numel())):
+        rows_g = part.permute(0, 3, 1, 2).reshape(-1, out)
+        g_sum.addmm_(rows_g.T, rows_g)
+    return g_sum
 
 
 def per_example_sq_sum(a: torch.Tensor, g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,9 @@ class Sums:
     """Per worker: Σ log p(y|x), the example count and the curvature sums (patch order).
 
     `diag` holds per parameter tensor a weight [O, K] or bias [O, 1] block of the diagonal GGN;
-    `a` [K, K] and `g` [O, O] the KFAC sums Σ_n 1/T Σ_t a aᵀ and Σ_{n,r,t} g gᵀ per layer.
+    `a` [K, K] and `g` [O, O] the KFAC sums Σ_n 1/T Σ_t a aᵀ and Σ_{n,r,t} g gᵀ per layer
+    (`a` of a stride-1 Conv2d is summed as its `curvature.row_products` in `rows`, [T, products]
+    per layer, and added to `a` by `finish`).
     """
 
     layers: list[curvature.Layer]
@@ -42,6 +44,7 @@ class Sums:
         f64 = {"dtype": torch.float64, "device": device}
         self.log_lik = torch.zeros((), **f64)
         self.diag, self.a, self.g = [], [], []
+        self.rows: list = [None] * len(self.layers)
         for layer in self.layers:
             self.diag.append(torch.zeros(layer.out_features, layer.in_features, **f64))
             self.diag += [torch.zeros(layer.out_features, 1, **f64)] * layer.has_bias
@@ -52,7 +55,7 @@ class Sums:
     def add(self, inputs: torch.Tensor, targets: torch.Tensor, columns, log_likelihood) -> None:
         """Add one sub-batch."""
         logits, rows_a, rows_g = curvature.backpropagate(
-            self.model, self.layers, inputs, columns, self.workspace
+            self.model, self.layers, inputs, columns, self.workspace, self.hessian == "kron"
         )
         self.log_lik += log_likelihood(logits, targets).double()
         self.count += inputs.shape[0]
@@ -64,11 +67,30 @@ class Sums:
                     self.diag[index] += weight
                     if layer.has_bias:
                         self.diag[index + 1] += bias[:, None]
+                elif (products := curvature.row_products(layer, rows_a[i])) is not None:
+                    self._add_rows(i, rows_g[i].shape[-1], products)
+                    self.g[i] += curvature.output_factor(rows_g[i])
                 else:
-                    a_sum, g_sum = curvature.kfac_factors(rows_a[i], rows_g[i])
+                    a_sum, g_sum = curvature.kfac_factors(
+                        curvature.layer_inputs(layer, rows_a[i]), rows_g[i]
+                    )
                     self.a[i] += a_sum
                     self.g[i] += g_sum
                 index += 1 + layer.has_bias
+
+    def _add_rows(self, i: int, positions: int, products: list[torch.Tensor]) -> None:
+        if self.rows[i] is None:
+            self.rows[i] = (positions, [p.to(self.a[i].dtype) for p in products])
+        else:
+            for total, product in zip(self.rows[i][1], products, strict=True):
+                total += product
+
+    def finish(self) -> None:
+        """Add the summed row products to `a` (Σ_n 1/T Σ_t a aᵀ)."""
+        for i, rows in enumerate(self.rows):
+            if rows is not None:
+                self.a[i] += curvature.input_factor(rows[1]) / rows[0]
+                self.rows[i] = None
 
     def merge(self, other: Sums) -> None:
         self.log_lik += other.log_lik
@@ -76,6 +98,9 @@ class Sums:
         mine_all, theirs_all = self.diag + self.a + self.g, other.diag + other.a + other.g
         for mine, theirs in zip(mine_all, theirs_all, strict=True):
             mine += theirs
+        for i, rows in enumerate(other.rows):
+            if rows is not None:
+                self._add_rows(i, *rows)
 
 
 def ggn_sums(
@@ -132,4 +157,5 @@ def ggn_sums(
         torch.set_num_threads(threads)
     for other in sums[1:]:
         sums[0].merge(other)
+    sums[0].finish()
     return sums[0]
