@@ -151,8 +151,9 @@ def ggn_sums(
                 parts = list(zip(*split, strict=True))
                 if count == 1:
                     run(0, parts)
-                for job in [pool.submit(run, w, parts) for w in range(count if count > 1 else 0)]:
-                    job.result()
+                else:
+                    for job in [pool.submit(run, w, parts) for w in range(count)]:
+                        job.result()
     finally:
         torch.set_num_threads(threads)
     for other in sums[1:]:
