@@ -100,14 +100,29 @@ def plot_laplace(evidence_axis, accuracy_axis, rows: list[dict]) -> None:
     accuracy_axis.legend()
 
 
-def laplace_table(rows: list[dict]) -> str:
+def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """A GitHub table of `rows`: one (header, key, format spec) per column."""
     return tabulate(
-        [[r["fraction"], r.get("hessian", ""), f"{r['log_marglik_per_example']:.4f}",
-          f"{r['train_acc']:.3f}", f"{r['test_acc']:.3f}"] for r in rows],
-        headers=["fraction", "hessian", "log evidence / n", "train acc (corrupted)",
-                 "test acc (true)"],
+        [[format(r.get(key, ""), spec) for _, key, spec in columns] for r in rows],
+        headers=[header for header, _, _ in columns],
         tablefmt="github",
-    )  # fmt: skip
+    )
+
+
+BINARY_COLUMNS = [
+    ("flipped", "corrupted_labels", ""), ("N", "n_train", ""),
+    ("ELBO/N", "elbo_per_example", ".4f"), ("train acc (noisy)", "train_accuracy", ".3f"),
+    ("test acc (true)", "test_accuracy", ".3f"), ("train s", "train_seconds", ".0f"),
+]  # fmt: skip
+ONE_VS_ALL_COLUMNS = [
+    ("labels", "labels", ""), ("mean ELBO/N of 10 models", "mean_elbo_per_example", ".4f"),
+    ("10-class train acc", "train_accuracy", ".3f"), ("10-class test acc", "test_accuracy", ".3f"),
+]  # fmt: skip
+LAPLACE_COLUMNS = [
+    ("fraction", "fraction", ""), ("hessian", "hessian", ""),
+    ("log evidence / n", "log_marglik_per_example", ".4f"),
+    ("train acc (corrupted)", "train_acc", ".3f"), ("test acc (true)", "test_acc", ".3f"),
+]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,57 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     panels = []
     if args.binary_dir:
         rows = binary_rows(args.binary_dir)
-        print(
-            tabulate(
-                [
-                    [
-                        r["corrupted_labels"],
-                        r["n_train"],
-                        f"{r['elbo_per_example']:.4f}",
-                        f"{r['train_accuracy']:.3f}",
-                        f"{r['test_accuracy']:.3f}",
-                        f"{r['train_seconds']:.0f}",
-                    ]
-                    for r in rows
-                ],
-                headers=[
-                    "flipped",
-                    "N",
-                    "ELBO/N",
-                    "train acc (noisy)",
-                    "test acc (true)",
-                    "train s",
-                ],
-                tablefmt="github",
-            )
-        )
+        print(table(rows, BINARY_COLUMNS))
         panels.append(("binary", rows))
     if args.one_vs_all_dir:
         rows = one_vs_all_rows(args.one_vs_all_dir)
-        print(
-            tabulate(
-                [
-                    [
-                        r["labels"],
-                        f"{r['mean_elbo_per_example']:.4f}",
-                        f"{r['train_accuracy']:.3f}",
-                        f"{r['test_accuracy']:.3f}",
-                    ]
-                    for r in rows
-                ],
-                headers=[
-                    "labels",
-                    "mean ELBO/N of 10 models",
-                    "10-class train acc",
-                    "10-class test acc",
-                ],
-                tablefmt="github",
-            )
-        )
+        print(table(rows, ONE_VS_ALL_COLUMNS))
         panels.append(("one_vs_all", rows))
     if args.laplace_json:
         rows = laplace_rows(args.laplace_json)
-        print(laplace_table(rows))
+        print(table(rows, LAPLACE_COLUMNS))
         panels += [("laplace", rows), ("laplace_accuracy", rows)]
     figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
     for position, (axis, (kind, rows)) in enumerate(zip(axes[0], panels, strict=True)):
