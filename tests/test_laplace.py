@@ -159,6 +159,18 @@ def test_prior_precision_maximises_laplace_torch_evidence():
     assert gradient.abs().max() < 1e-4
 
 
+def blr_laplace(hessian, design, targets, mean, batch_size):
+    """Laplace of the 3-weight Bayesian linear regression, fitted at its exact posterior mean."""
+    model = nn.Linear(3, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(mean[None])
+    loader = DataLoader(TensorDataset(design, targets), batch_size=batch_size)
+    return Laplace(
+        model, hessian, likelihood="regression", prior_precision=1 / LINEAR_PRIOR_VAR,
+        noise_var=LINEAR_NOISE_VAR,
+    ).fit(loader)  # fmt: skip
+
+
 @pytest.mark.parametrize("hessian", ["diag", "kron"])
 def test_bayesian_linear_regression_evidence_is_exact(hessian):
     """Laplace is exact for a linear-Gaussian model: log N(y | 0, σ²I + X Xᵀ/δ) and Λ⁻¹.
@@ -171,14 +183,7 @@ def test_bayesian_linear_regression_evidence_is_exact(hessian):
         design = torch.linalg.qr(design)[0] * torch.tensor([3.0, 2.0, 1.5], dtype=torch.float64)
         precision = design.T @ design / LINEAR_NOISE_VAR + torch.eye(3) / LINEAR_PRIOR_VAR
         mean = torch.linalg.solve(precision, design.T @ targets[:, 0] / LINEAR_NOISE_VAR)
-    model = nn.Linear(3, 1, bias=False).double()
-    with torch.no_grad():
-        model.weight.copy_(mean[None])
-    loader = DataLoader(TensorDataset(design, targets), batch_size=10)
-    posterior = Laplace(
-        model, hessian, likelihood="regression", prior_precision=1 / LINEAR_PRIOR_VAR,
-        noise_var=LINEAR_NOISE_VAR,
-    ).fit(loader)  # fmt: skip
+    posterior = blr_laplace(hessian, design, targets, mean, batch_size=10)
     marginal = torch.eye(30) * LINEAR_NOISE_VAR + design @ design.T * LINEAR_PRIOR_VAR
     exact = torch.distributions.MultivariateNormal(torch.zeros(30), marginal).log_prob(
         targets[:, 0]
@@ -336,14 +341,7 @@ def test_draws_have_the_posterior_covariance(hessian):
     """8000 draws on a 3-parameter BLR: mean within 5 standard errors, covariance within 5%
     (diag: the diagonal precision; kron: exact here)."""
     _, targets, design, precision, mean = bayesian_linear_regression()
-    model = nn.Linear(3, 1, bias=False).double()
-    with torch.no_grad():
-        model.weight.copy_(mean[None])
-    loader = DataLoader(TensorDataset(design, targets), batch_size=30)
-    posterior = Laplace(
-        model, hessian, likelihood="regression", prior_precision=1 / LINEAR_PRIOR_VAR,
-        noise_var=LINEAR_NOISE_VAR,
-    ).fit(loader)  # fmt: skip
+    posterior = blr_laplace(hessian, design, targets, mean, batch_size=30)
     covariance = (
         torch.linalg.inv(precision) if hessian == "kron" else torch.diag(1 / precision.diag())
     )
@@ -351,7 +349,7 @@ def test_draws_have_the_posterior_covariance(hessian):
     draws = []
     for _ in range(8000):
         posterior.sample(generator)
-        draws.append(model.weight.detach()[0].clone())
+        draws.append(posterior.model.weight.detach()[0].clone())
     draws = torch.stack(draws)
     standard_error = (covariance.diag() / len(draws)).sqrt()
     assert ((draws.mean(0) - mean).abs() < 5 * standard_error).all()
