@@ -273,6 +273,11 @@ def test_chain_sweep_equals_autograd_and_other_networks_use_autograd():
     _, _, expected = curvature._autograd_columns(net, layers, inputs, columns)
     for ours, reference in zip(swept[2], expected, strict=True):
         torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-14)
+    workspace: dict = {}  # a smaller sub-batch after a larger one uses the front of its buffers
+    for count in (6, 4):
+        fewer = curvature.backpropagate(net, layers, inputs[:count], columns, workspace)
+    for ours, reference in zip(fewer[2], expected, strict=True):
+        torch.testing.assert_close(ours, reference[:4], rtol=1e-12, atol=1e-14)
     kfac = curvature.backpropagate(net, layers, inputs, columns, kfac=True)  # channels-last
     assert kfac[2][0].transpose(2, 3).is_contiguous()
     for ours, reference in zip(kfac[2], expected, strict=True):

@@ -163,8 +163,10 @@ def _max_pool(
     """Scatter pooled gradients [N·R, C, h, w] to the argmax of each window: [N·R, C, H, W].
 
     The zeroed result lives in `workspace` (a dict kept by the caller across calls, keyed by the
-    module): writing into memory used before is several times faster than into fresh pages.
-    `channels_last`: the result in channels-last memory (a view), the layout of KFAC's rows.
+    module): writing into memory used before is several times faster than into fresh pages, so a
+    buffer is kept at its largest size and smaller sub-batches (a loader batch's last part) use
+    its front. `channels_last`: the result in channels-last memory (a view), the layout of KFAC's
+    rows.
     """
     channels, height, width = call.inputs.shape[1:]
     pooled = grad.reshape(count, -1, channels, call.output.shape[2] * call.output.shape[3])
@@ -175,10 +177,12 @@ def _max_pool(
     if not channels_last:
         shape = (*shape[:2], channels, height * width)
     key = id(call.module), channels_last
-    full = workspace.get(key)
-    if full is None or full.shape != shape or full.dtype != grad.dtype:
-        full = workspace[key] = grad.new_empty(shape)
-    full = full.zero_().transpose(2, 3) if channels_last else full.zero_()
+    size = shape[0] * shape[1] * shape[2] * shape[3]
+    buffer = workspace.get(key)
+    if buffer is None or buffer.numel() < size or buffer.dtype != grad.dtype:
+        buffer = workspace[key] = grad.new_empty(size)
+    full = buffer[:size].view(shape).zero_()
+    full = full.transpose(2, 3) if channels_last else full
     kernel, stride, dilation = (
         value if isinstance(value, tuple) else (value, value)
         for value in (call.module.kernel_size, call.module.stride, call.module.dilation)
