@@ -22,6 +22,7 @@ returns None, and the caller uses autograd; `NOT_CHAIN` remembers such models.
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from dataclasses import dataclass
 
@@ -177,7 +178,7 @@ def _max_pool(
     if not channels_last:
         shape = (*shape[:2], channels, height * width)
     key = id(call.module), channels_last
-    size = shape[0] * shape[1] * shape[2] * shape[3]
+    size = math.prod(shape)
     buffer = workspace.get(key)
     if buffer is None or buffer.numel() < size or buffer.dtype != grad.dtype:
         buffer = workspace[key] = grad.new_empty(size)
