@@ -26,10 +26,10 @@ from swag.posteriors import curvature
 class Sums:
     """Per worker: Σ log p(y|x), the example count and the curvature sums (patch order).
 
-    `diag` holds per parameter tensor a weight [O, K] or bias [O, 1] block of the diagonal GGN;
-    `a` [K, K] and `g` [O, O] the KFAC sums Σ_n 1/T Σ_t a aᵀ and Σ_{n,r,t} g gᵀ per layer
-    (`a` of a stride-1 Conv2d is summed as its `curvature.row_products` in `rows`, [T, products]
-    per layer, and added to `a` by `finish`).
+    `diag` (hessian "diag") holds per parameter tensor a weight [O, K] or bias [O, 1] block of
+    the diagonal GGN; `a` [K, K] and `g` [O, O] (hessian "kron") the KFAC sums Σ_n 1/T Σ_t a aᵀ
+    and Σ_{n,r,t} g gᵀ per layer (`a` of a stride-1 Conv2d is summed as its
+    `curvature.row_products` in `rows`, [T, products] per layer, and added to `a` by `finish`).
     """
 
     layers: list[curvature.Layer]
@@ -46,9 +46,10 @@ class Sums:
         self.diag, self.a, self.g = [], [], []
         self.rows: list = [None] * len(self.layers)
         for layer in self.layers:
-            self.diag.append(torch.zeros(layer.out_features, layer.in_features, **f64))
-            self.diag += [torch.zeros(layer.out_features, 1, **f64)] * layer.has_bias
-            if self.hessian == "kron":
+            if self.hessian == "diag":
+                self.diag.append(torch.zeros(layer.out_features, layer.in_features, **f64))
+                self.diag += [torch.zeros(layer.out_features, 1, **f64)] * layer.has_bias
+            else:
                 self.a.append(torch.zeros(layer.in_features, layer.in_features, **f64))
                 self.g.append(torch.zeros(layer.out_features, layer.out_features, **f64))
 

@@ -164,8 +164,9 @@ class Laplace(Posterior):
             self.num_data.fill_(sums.count)
             index = 0
             for i, layer in enumerate(self.layers):  # patch order → the weight's order
-                sums.diag[index] = curvature.to_weight_order(layer, sums.diag[index], (1,))
-                if self.hessian == "kron":
+                if self.hessian == "diag":
+                    sums.diag[index] = curvature.to_weight_order(layer, sums.diag[index], (1,))
+                else:
                     sums.a[i] = curvature.to_weight_order(layer, sums.a[i], (0, 1))
                 index += 1 + layer.has_bias
             if self.hessian == "diag":
